@@ -1,0 +1,18 @@
+"""SwiGLU activation: silu(gate) * up on the fused gate_up output."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.kernels import KernelTable
+
+
+class SiluAndMul(nn.Module):
+    def __init__(self, kernels: KernelTable) -> None:
+        super().__init__()
+        self._op = kernels.get("silu_mul")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x [T, 2I] -> [T, I]
+        return self._op(x)

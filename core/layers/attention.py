@@ -1,0 +1,35 @@
+"""Multi-head attention over the paged KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.kernels import KernelTable
+from core.layers.attention_metadata import AttentionMetadata
+
+
+class PagedAttention(nn.Module):
+    """Writes the new tokens' K/V to this layer's cache blocks, then attends over the context.
+
+    The model runner assigns ``k_cache`` / ``v_cache`` ([num_blocks, block_size, Hk, D]) after
+    it has sized the cache.
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, kernels: KernelTable) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+        self._store = kernels.get("store_kv")
+        self._attend = kernels.get("paged_attention")
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        # q [T, H, D], k/v [T, Hk, D] -> [T, H, D]
+        self._store(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        return self._attend(q, self.k_cache, self.v_cache, meta, self.scale)

@@ -1,0 +1,203 @@
+"""Builds the model from the registries, loads its weights, owns the KV cache and CUDA graphs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from core.config import ModelConfig, NybbleConfig
+from core.cuda_graphs import DecodeGraphs
+from core.kernels import KernelTable
+from core.layers.attention_metadata import AttentionMetadata
+from core.loader import (
+    info_for,
+    init_dummy_on_device,
+    init_random,
+    is_workspace,
+    load_hf_weights,
+    load_workspace_weights,
+    model_config_from_hf,
+    read_workspace_config,
+    repack_on_meta,
+    resolve_format,
+)
+from core.plugins import Registries
+from core.scheduler import ScheduledBatch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("engine.device=cuda but torch sees no CUDA GPU; use engine.device=cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+class ModelRunner:
+    """Turns a ScheduledBatch into logits for the sequences that sample this step."""
+
+    def __init__(self, cfg: NybbleConfig, regs: Registries) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.engine.device)
+        self.dtype = resolve_dtype(cfg.engine.dtype, self.device)
+        torch.manual_seed(cfg.engine.seed)
+        path = cfg.model.path
+        workspace = is_workspace(path)
+        if workspace:
+            ws = read_workspace_config(Path(path))
+            self.model_config = dataclasses.replace(cfg.model, **ws["model"])
+            self.format = regs.weight_formats.get(ws["format"])
+            self.format_params = ws["format_params"]
+        else:
+            info = info_for(path)
+            self.model_config = (
+                model_config_from_hf(cfg.model, info.hf_config) if info else cfg.model
+            )
+            self.format, self.format_params = resolve_format(
+                cfg.quant, regs.weight_formats, info
+            )
+        self.kernels = KernelTable(regs.kernels, cfg.kernels.backend, self.device)
+        self.model = self._build_model(regs, path, workspace)
+        self.block_size = cfg.engine.block_size
+        self.num_blocks = self._num_kv_blocks()
+        self._allocate_kv_cache()
+        self.max_blocks_per_seq = -(-self.model_config.session_len // self.block_size)
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and cfg.engine.cuda_graphs:
+            self.graphs = DecodeGraphs(self, cfg.engine.max_graph_batch_size)
+            self.graphs.capture()
+
+    # ---- building ------------------------------------------------------------------------
+    def _build_model(self, regs: Registries, path: str | None, workspace: bool) -> torch.nn.Module:
+        mc: ModelConfig = self.model_config
+        cls = regs.models.get(mc.architecture)
+        method = self.format.linear_method(self.format_params, self.kernels)
+        dummy = mc.load_format == "dummy" or (path is None and self.device.type == "cuda")
+        if workspace or dummy:
+            # final (repacked) layout straight away: build on meta, repack, then allocate
+            with torch.device("meta"):
+                model = cls(mc, method, self.kernels, self.dtype)
+            repack_on_meta(model)
+            model = model.to_empty(device=self.device)
+            if workspace:
+                load_workspace_weights(model, Path(path), self.device)
+            else:
+                init_dummy_on_device(model, mc.seed)
+        else:
+            model = cls(mc, method, self.kernels, self.dtype)
+            if path is None:
+                init_random(model, mc.seed)
+                for layer in (m for m in model.modules() if hasattr(m, "linear_method")):
+                    layer.linear_method.process_weights_after_loading(layer)
+            else:
+                load_hf_weights(model, Path(path), self.format)
+            model = model.to(self.device)
+        for buf_owner in model.modules():  # non-persistent buffers were left empty on meta
+            if hasattr(buf_owner, "exponents") and buf_owner.exponents.device != self.device:
+                buf_owner.exponents = buf_owner.exponents.to(self.device)
+        model.eval()
+        return model
+
+    def kv_bytes_per_block(self) -> int:
+        mc = self.model_config
+        head_dim = mc.hidden_size // mc.num_heads
+        kv_heads = mc.num_kv_heads or mc.num_heads
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * mc.num_layers * self.block_size * kv_heads * head_dim * elem
+
+    def _num_kv_blocks(self) -> int:
+        e = self.cfg.engine
+        if e.num_kv_blocks is not None:
+            return e.num_kv_blocks
+        per_block = self.kv_bytes_per_block()
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            mc = self.model_config
+            # activations of the largest step and the logits, with a safety factor of 2
+            act = e.max_num_batched_tokens * (8 * mc.hidden_size + 4 * mc.intermediate_size) * 2
+            act += e.max_batch_size * mc.vocab_size * 4 * 2
+            budget = free - (1.0 - e.gpu_memory_utilization) * total - 2 * act
+        else:
+            budget = e.cpu_kv_cache_bytes
+        num = int(budget // per_block)
+        if num < 1:
+            raise RuntimeError(
+                f"no memory left for the KV cache ({budget / 2**30:.2f} GiB after weights, "
+                f"{per_block / 2**20:.1f} MiB per block); raise engine.gpu_memory_utilization "
+                "or engine.cpu_kv_cache_bytes"
+            )
+        return num
+
+    def _allocate_kv_cache(self) -> None:
+        mc = self.model_config
+        head_dim = mc.hidden_size // mc.num_heads
+        kv_heads = mc.num_kv_heads or mc.num_heads
+        shape = (self.num_blocks, self.block_size, kv_heads, head_dim)
+        for attn in self.model.attention_layers():
+            attn.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+            attn.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    # ---- running -------------------------------------------------------------------------
+    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """Flatten the batch: input ids, positions, attention metadata, rows to sample."""
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        q_loc = [0]
+        ctx_lens: list[int] = []
+        tok_ctx: list[int] = []
+        sample_rows: list[int] = []
+        bs = self.block_size
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            start = seq.num_computed_tokens
+            end = start + n
+            ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            q_loc.append(q_loc[-1] + n)
+            ctx_lens.append(end)
+            tok_ctx.extend([end] * n)
+            if end == len(seq):
+                sample_rows.append(q_loc[-1] - 1)
+        max_blocks = max(len(s.block_table) for s in batch.seqs)
+        tables = [s.block_table + [-1] * (max_blocks - len(s.block_table)) for s in batch.seqs]
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            query_start_loc=torch.tensor(q_loc, dtype=torch.int32, device=dev),
+            context_lens=torch.tensor(ctx_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            token_context_lens=torch.tensor(tok_ctx, dtype=torch.int32, device=dev),
+            max_query_len=max(batch.num_tokens),
+            max_context_len=max(ctx_lens),
+            is_decode=batch.is_decode,
+        )
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)
+        pos = torch.tensor(positions, dtype=torch.int64, device=dev)
+        return input_ids, pos, meta, sample_rows
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+        """Run one step; return logits [S, vocab] (fp32) for the S sequences that sample."""
+        if self.graphs is not None and batch.is_decode and self.graphs.can_run(len(batch.seqs)):
+            return self.graphs.run(batch)
+        input_ids, positions, meta, rows = self.prepare(batch)
+        hidden = self.model(input_ids, positions, meta)  # (T, hidden)
+        if not rows:
+            return hidden.new_empty((0, self.model_config.vocab_size), dtype=torch.float32)
+        rows_t = torch.tensor(rows, device=self.device)
+        return self.model.compute_logits(hidden[rows_t]).float()

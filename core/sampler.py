@@ -1,0 +1,339 @@
+"""Sampler: one step's logits [B, V] -> one token per sequence (plus logprobs when asked).
+
+Order of processing, for all rows at once:
+  1. cast the logits to fp32; if a row asks for logprobs, take log_softmax of these raw logits
+     (vLLM's default "raw logprobs": before any penalty, temperature or truncation);
+  2. bans: EOS and ``stop_token_ids`` -> -inf while len(output) < min_tokens; EOS -> -inf
+     always when ``ignore_eos``;
+  3. repetition penalty over prompt + output tokens (HF/vLLM: positive logits / p, others * p);
+  4. presence / frequency penalties over output tokens (OpenAI: - presence - frequency * count);
+  5. greedy rows (temperature ~0 or top_k == 1) take the argmax;
+  6. the other rows: temperature, top-k, top-p, min-p, softmax, then an exponential race:
+     argmax(probs / q), q ~ Exponential(1) per token, which draws a token with probability
+     probs. A row with a generator draws q from it alone, so a seeded request samples the same
+     tokens whatever else is in the batch.
+Steps a batch does not use are skipped. Per-row settings travel to the device in one copy, and
+the one host sync is the final ``.tolist()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from core.sampling_params import SamplingParams
+
+
+@dataclass
+class LogprobInfo:
+    """Raw-model logprobs at one position: the sampled token's and the top alternatives."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1 = the most likely token under the raw logits
+    top: list[tuple[int, float]]  # params.logprobs (token_id, logprob) pairs, most likely first
+
+
+@dataclass
+class SamplerOutput:
+    """One entry per row of the batch."""
+
+    token_ids: list[int]
+    logprobs: list[LogprobInfo | None]  # None where params.logprobs is None
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """The per-sequence generator for a seeded request: build it once, pass it every step."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass
+class SamplingBatch:
+    """What the sampler needs to know about each row (sequence) of one step.
+
+    ``generators[i]`` is owned by sequence i (from ``make_generator(params.seed, device)``) and
+    must be None when it has no seed. ``eos_token_ids`` are the model's EOS ids, shared by all
+    rows: they are masked for ``ignore_eos`` and, with ``stop_token_ids``, for ``min_tokens``.
+    """
+
+    params: list[SamplingParams]
+    prompt_token_ids: list[list[int]]
+    output_token_ids: list[list[int]]
+    generators: list[torch.Generator | None]
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.params)
+        for name in ("prompt_token_ids", "output_token_ids", "generators"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(
+                    f"SamplingBatch.{name} has {len(getattr(self, name))} rows, params has {n}"
+                )
+        for i, (p, g) in enumerate(zip(self.params, self.generators)):
+            if p.seed is not None and g is None:
+                raise ValueError(
+                    f"SamplingBatch row {i} has seed={p.seed} but no generator: create one with "
+                    "make_generator(seed, device) when the sequence starts and pass it each step"
+                )
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @classmethod
+    def build(
+        cls,
+        params: Sequence[SamplingParams],
+        prompt_token_ids: Sequence[Sequence[int]],
+        output_token_ids: Sequence[Sequence[int]],
+        generators: Sequence[torch.Generator | None] | None = None,
+        eos_token_ids: int | Iterable[int] | None = None,
+    ) -> SamplingBatch:
+        """A batch from per-row lists; ``generators=None`` means no row is seeded."""
+        if eos_token_ids is None:
+            eos: tuple[int, ...] = ()
+        elif isinstance(eos_token_ids, int):
+            eos = (eos_token_ids,)
+        else:
+            eos = tuple(eos_token_ids)
+        return cls(
+            params=list(params),
+            prompt_token_ids=[list(t) for t in prompt_token_ids],
+            output_token_ids=[list(t) for t in output_token_ids],
+            generators=[None] * len(params) if generators is None else list(generators),
+            eos_token_ids=eos,
+        )
+
+
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    # Pinned + non_blocking so the copy does not wait for the model's kernels to finish.
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _flat_index(token_ids: Sequence[Sequence[int]], vocab_size: int) -> Tensor:
+    """Row-major indices row * V + token into a flattened [B, V] tensor, built on the host."""
+    lens = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)  # [B]
+    tokens = torch.tensor([t for row in token_ids for t in row], dtype=torch.int64)  # [N]
+    rows = torch.repeat_interleave(torch.arange(len(token_ids)), lens)  # [N]
+    return rows * vocab_size + tokens  # [N]
+
+
+def token_counts(
+    token_ids: Sequence[Sequence[int]], vocab_size: int, device: torch.device | str = "cpu"
+) -> Tensor:
+    """counts[b, v] = how often token v occurs in token_ids[b], as fp32 [B, V] (scatter_add)."""
+    device = torch.device(device)
+    idx = _to_device(_flat_index(token_ids, vocab_size), device)  # [N]
+    counts = torch.zeros(len(token_ids) * vocab_size, dtype=torch.float32, device=device)
+    counts.scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
+    return counts.view(len(token_ids), vocab_size)  # [B, V]
+
+
+def banned_token_ids(
+    params: SamplingParams, num_output_tokens: int, eos_token_ids: Iterable[int]
+) -> list[int]:
+    """Tokens a row may not sample now: EOS for ignore_eos; EOS and stop ids before min_tokens."""
+    banned: list[int] = []
+    if num_output_tokens < params.min_tokens:
+        banned += [*eos_token_ids, *params.stop_token_ids]
+    elif params.ignore_eos:
+        banned += list(eos_token_ids)
+    return banned
+
+
+def apply_bans(logits: Tensor, banned: Sequence[Sequence[int]]) -> Tensor:
+    """logits [B, V] with logits[b, v] = -inf for v in banned[b] (ids >= V are ignored)."""
+    B, V = logits.shape
+    banned = [[t for t in row if 0 <= t < V] for row in banned]
+    idx = _to_device(_flat_index(banned, V), logits.device)  # [N]
+    out = logits.clone()
+    out.view(-1).index_fill_(0, idx, float("-inf"))
+    return out  # [B, V]
+
+
+def apply_penalties(
+    logits: Tensor,
+    prompt_counts: Tensor | None,
+    output_counts: Tensor,
+    repetition_penalty: Tensor,
+    presence_penalty: Tensor,
+    frequency_penalty: Tensor,
+) -> Tensor:
+    """Repetition (over prompt + output), then presence/frequency (over output) penalties.
+
+    logits, prompt_counts, output_counts [B, V]; the penalties [B]. prompt_counts may be None
+    (no row has a repetition penalty, or only output tokens count).
+    """
+    seen = output_counts > 0  # [B, V]
+    if prompt_counts is not None:
+        seen = seen | (prompt_counts > 0)
+    rp = repetition_penalty[:, None]  # [B, 1]
+    penalized = torch.where(logits > 0, logits / rp, logits * rp)  # [B, V]
+    logits = torch.where(seen, penalized, logits)
+    logits = logits - frequency_penalty[:, None] * output_counts
+    return logits - presence_penalty[:, None] * (output_counts > 0).to(logits.dtype)
+
+
+def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
+    """logits [B, V] / temperature [B] (every temperature > 0)."""
+    return logits / temperature[:, None]
+
+
+def apply_top_k_top_p(logits: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:
+    """Keep each row's top_k largest logits, then its nucleus: the smallest set of the most
+    likely tokens whose probability sums to >= top_p (always at least one token).
+
+    logits [B, V]; top_k [B] integers (>= V = off); top_p [B] in (0, 1] (1 = off). Either may
+    be None (off for every row). Dropped logits become -inf; ties at the k-th value are broken
+    by sort order, so exactly k survive.
+    """
+    B, V = logits.shape
+    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
+    if top_k is not None:
+        positions = torch.arange(V, device=logits.device)  # [V]
+        sorted_logits = sorted_logits.masked_fill(positions[None, :] >= top_k[:, None], -torch.inf)
+    if top_p is not None:
+        probs = sorted_logits.softmax(dim=-1)  # [B, V]
+        cum = probs.cumsum(dim=-1)  # [B, V]
+        cum_before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # [B, V] mass of better tokens
+        drop = (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [B, V]
+        sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
+    return torch.full_like(logits, -torch.inf).scatter(-1, sorted_idx, sorted_logits)  # [B, V]
+
+
+def apply_min_p(logits: Tensor, min_p: Tensor) -> Tensor:
+    """Drop tokens whose probability is below min_p [B] times the row's top probability."""
+    probs = logits.softmax(dim=-1)  # [B, V]
+    threshold = min_p[:, None] * probs.amax(dim=-1, keepdim=True)  # [B, 1]
+    return logits.masked_fill(probs < threshold, -torch.inf)
+
+
+def sample_exponential(probs: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor:
+    """One token per row of probs [B, V] by argmax(probs / q), q ~ Exponential(1) -> [B] int64.
+
+    Rows with a generator draw their q from it (V draws per step, whatever the batch); the
+    others share one draw from torch's default generator.
+    """
+    q = torch.empty_like(probs)  # [B, V]
+    if any(g is None for g in generators):
+        q.exponential_()
+    for i, g in enumerate(generators):
+        if g is not None:
+            q[i].exponential_(generator=g)
+    # exponential_ may return 0 in fp32; a tiny floor keeps probs / q finite for dropped tokens.
+    q.clamp_min_(torch.finfo(q.dtype).tiny)
+    return (probs / q).argmax(dim=-1)  # [B]
+
+
+class Sampler:
+    """Picks the next token of every sequence in a step; see the module docstring for the order.
+
+    ``sampler(logits, batch)`` takes logits [B, V] of any float dtype on any device, and a
+    SamplingBatch with B rows, and returns a SamplerOutput.
+    """
+
+    def __call__(self, logits: Tensor, batch: SamplingBatch) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(batch):
+            raise ValueError(
+                f"Sampler: logits have shape {tuple(logits.shape)}, expected [B, V] with "
+                f"B = {len(batch)} rows of the SamplingBatch"
+            )
+        B, V = logits.shape
+        if B == 0:
+            return SamplerOutput(token_ids=[], logprobs=[])
+        device = logits.device
+        params = batch.params
+        for g in batch.generators:
+            if g is not None and g.device != device:
+                raise ValueError(
+                    f"Sampler: a generator is on {g.device} but the logits are on {device}; "
+                    "build it with make_generator(seed, logits.device)"
+                )
+        logits = logits.float()  # [B, V]; a new tensor is made before anything is written
+        want_logprobs = any(p.logprobs is not None for p in params)
+        raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None  # [B, V]
+
+        # One host->device copy for all per-row numbers.
+        table = torch.tensor(
+            [
+                [p.temperature, p.top_p, float(p.top_k if p.top_k > 0 else V), p.min_p,
+                 p.repetition_penalty, p.presence_penalty, p.frequency_penalty]
+                for p in params
+            ],
+            dtype=torch.float32,
+        )  # [B, 7]
+        greedy = [p.is_greedy for p in params]
+        table[:, 0] = torch.where(torch.tensor(greedy), 1.0, table[:, 0])
+        temperature, top_p, top_k, min_p, rep, presence, frequency = (
+            _to_device(table, device).unbind(dim=1)
+        )  # each [B]
+
+        banned = [
+            banned_token_ids(p, len(out), batch.eos_token_ids)
+            for p, out in zip(params, batch.output_token_ids)
+        ]
+        if any(banned):
+            logits = apply_bans(logits, banned)
+
+        use_rep = [p.repetition_penalty != 1.0 for p in params]
+        use_pf = [p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params]
+        if any(use_rep) or any(use_pf):
+            # Only rows with a penalty contribute tokens; the others' counts stay zero.
+            outputs = [o if r or f else [] for o, r, f in zip(batch.output_token_ids, use_rep,
+                                                              use_pf)]
+            output_counts = token_counts(outputs, V, device)  # [B, V]
+            prompt_counts = None
+            if any(use_rep):
+                prompts = [t if r else [] for t, r in zip(batch.prompt_token_ids, use_rep)]
+                prompt_counts = token_counts(prompts, V, device)  # [B, V]
+            logits = apply_penalties(logits, prompt_counts, output_counts, rep, presence,
+                                     frequency)
+
+        if all(greedy):
+            tokens = logits.argmax(dim=-1)  # [B]
+        else:
+            sampled = apply_temperature(logits, temperature)
+            if any(p.top_k > 0 for p in params) or any(p.top_p < 1.0 for p in params):
+                sampled = apply_top_k_top_p(sampled, top_k, top_p)
+            if any(p.min_p > 0.0 for p in params):
+                sampled = apply_min_p(sampled, min_p)
+            generators = [None if gr else g for g, gr in zip(batch.generators, greedy)]
+            tokens = sample_exponential(sampled.softmax(dim=-1), generators)  # [B]
+            if any(greedy):
+                is_greedy = _to_device(torch.tensor(greedy), device)  # [B]
+                tokens = torch.where(is_greedy, logits.argmax(dim=-1), tokens)
+
+        if raw_logprobs is None:
+            return SamplerOutput(token_ids=tokens.tolist(), logprobs=[None] * B)
+        return _with_logprobs(tokens, raw_logprobs, params)
+
+
+def _with_logprobs(
+    tokens: Tensor, raw_logprobs: Tensor, params: Sequence[SamplingParams]
+) -> SamplerOutput:
+    """Gather the sampled token's logprob, its rank and the top alternatives; one host copy."""
+    k = max(p.logprobs or 0 for p in params)
+    sampled_lp = raw_logprobs.gather(1, tokens[:, None])  # [B, 1]
+    rank = (raw_logprobs > sampled_lp).sum(dim=-1, keepdim=True) + 1  # [B, 1]
+    top_lp, top_ids = raw_logprobs.topk(k, dim=-1)  # [B, k] each, sorted descending
+    # fp64 holds token ids, ranks and fp32 logprobs exactly, so one tensor makes one copy.
+    packed = torch.cat(
+        [tokens[:, None].double(), sampled_lp.double(), rank.double(), top_ids.double(),
+         top_lp.double()],
+        dim=1,
+    ).tolist()  # [B, 3 + 2k]
+    token_ids, infos = [], []
+    for p, row in zip(params, packed):
+        token_id = int(row[0])
+        token_ids.append(token_id)
+        if p.logprobs is None:
+            infos.append(None)
+            continue
+        n = p.logprobs
+        top = [(int(t), lp) for t, lp in zip(row[3 : 3 + n], row[3 + k : 3 + k + n])]
+        infos.append(LogprobInfo(token_id=token_id, logprob=row[1], rank=int(row[2]), top=top))
+    return SamplerOutput(token_ids=token_ids, logprobs=infos)

@@ -1,0 +1,145 @@
+"""InternLM v1 (internlm-chat-7b / -20b): a Llama-shaped decoder with optional q/k/v/o bias."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from core.config import ModelConfig
+from core.formats.dense import DenseLinearMethod
+from core.kernels import KernelTable
+from core.layers.activation import SiluAndMul
+from core.layers.attention import PagedAttention
+from core.layers.attention_metadata import AttentionMetadata
+from core.layers.linear import Linear
+from core.layers.rmsnorm import RMSNorm
+from core.layers.rotary import RotaryEmbedding
+from core.weight_format import LinearMethod
+
+# checkpoint projection -> (fused module, output shard)
+PACKED = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+_PROJ = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp))\.(\w+_proj)\.(\w+)$")
+
+
+class InternLMAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads or cfg.num_heads
+        self.head_dim = cfg.hidden_size // cfg.num_heads
+        q_size = self.num_heads * self.head_dim
+        kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = Linear(cfg.hidden_size, [q_size, kv_size, kv_size], cfg.bias, method, dtype)
+        self.o_proj = Linear(q_size, [cfg.hidden_size], cfg.bias, method, dtype)
+        self.rotary_emb = RotaryEmbedding(
+            self.head_dim, cfg.max_position_embeddings, cfg.rope_base,
+            cfg.rope_scaling, cfg.rope_scaling_factor, kernels,
+        )  # fmt: skip
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, kernels)
+        self.q_size, self.kv_size = q_size, kv_size
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        qkv = self.qkv_proj(x)  # (T, q + 2kv)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # (T, H, D)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hk, D)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        q, k = self.rotary_emb(q, k, positions, meta.token_context_lens)
+        out = self.attn(q, k, v, meta)  # (T, H, D)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class InternLMMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+        super().__init__()
+        inter = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], False, method, dtype)
+        self.down_proj = Linear(inter, [cfg.hidden_size], False, method, dtype)
+        self.act = SiluAndMul(kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class InternLMDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
+        self.self_attn = InternLMAttention(cfg, method, kernels, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
+        self.mlp = InternLMMLP(cfg, method, kernels, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        positions: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, positions, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class InternLMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(
+            InternLMDecoderLayer(cfg, method, kernels, dtype) for _ in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)  # (T, hidden)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, positions, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class InternLMForCausalLM(nn.Module):
+    """InternLM v1. Embeddings, norms and lm_head stay dense; projections use ``linear_method``."""
+
+    def __init__(self, cfg: ModelConfig, linear_method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = InternLMModel(cfg, linear_method, kernels, dtype)
+        self.lm_head = Linear(cfg.hidden_size, [cfg.vocab_size], False, DenseLinearMethod(), dtype)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)  # (B, vocab)
+
+    def checkpoint_target(self, name: str) -> tuple[str, str, int | None] | None:
+        if name.endswith("rotary_emb.inv_freq"):
+            return None
+        m = _PROJ.match(name)
+        if m:
+            prefix, proj, param = m.groups()
+            if proj in PACKED:
+                fused, shard = PACKED[proj]
+                return f"{prefix}.{fused}", param, shard
+            return f"{prefix}.{proj}", param, None
+        module, _, param = name.rpartition(".")
+        return module, param, None
+
+    def attention_layers(self) -> list[nn.Module]:
+        return [layer.self_attn.attn for layer in self.model.layers]
