@@ -57,11 +57,12 @@ class SamplingBatch:
     ``generators[i]`` is owned by sequence i (from ``make_generator(params.seed, device)``) and
     must be None when it has no seed. ``eos_token_ids`` are the model's EOS ids, shared by all
     rows: they are masked for ``ignore_eos`` and, with ``stop_token_ids``, for ``min_tokens``.
+    Token lists are referenced, not copied: the sampler reads them during the call only.
     """
 
     params: list[SamplingParams]
-    prompt_token_ids: list[list[int]]
-    output_token_ids: list[list[int]]
+    prompt_token_ids: Sequence[Sequence[int]]  # read only when a row has repetition_penalty
+    output_token_ids: Sequence[Sequence[int]]
     generators: list[torch.Generator | None]
     eos_token_ids: tuple[int, ...] = ()
 
@@ -72,7 +73,7 @@ class SamplingBatch:
                 raise ValueError(
                     f"SamplingBatch.{name} has {len(getattr(self, name))} rows, params has {n}"
                 )
-        for i, (p, g) in enumerate(zip(self.params, self.generators)):
+        for i, (p, g) in enumerate(zip(self.params, self.generators, strict=True)):
             if p.seed is not None and g is None:
                 raise ValueError(
                     f"SamplingBatch row {i} has seed={p.seed} but no generator: create one with "
@@ -100,8 +101,8 @@ class SamplingBatch:
             eos = tuple(eos_token_ids)
         return cls(
             params=list(params),
-            prompt_token_ids=[list(t) for t in prompt_token_ids],
-            output_token_ids=[list(t) for t in output_token_ids],
+            prompt_token_ids=list(prompt_token_ids),
+            output_token_ids=list(output_token_ids),
             generators=[None] * len(params) if generators is None else list(generators),
             eos_token_ids=eos,
         )
@@ -274,7 +275,7 @@ class Sampler:
 
         banned = [
             banned_token_ids(p, len(out), batch.eos_token_ids)
-            for p, out in zip(params, batch.output_token_ids)
+            for p, out in zip(params, batch.output_token_ids, strict=True)
         ]
         if any(banned):
             logits = apply_bans(logits, banned)
@@ -283,12 +284,16 @@ class Sampler:
         use_pf = [p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params]
         if any(use_rep) or any(use_pf):
             # Only rows with a penalty contribute tokens; the others' counts stay zero.
-            outputs = [o if r or f else [] for o, r, f in zip(batch.output_token_ids, use_rep,
-                                                              use_pf)]
+            outputs = [
+                o if r or f else []
+                for o, r, f in zip(batch.output_token_ids, use_rep, use_pf, strict=True)
+            ]
             output_counts = token_counts(outputs, V, device)  # [B, V]
             prompt_counts = None
             if any(use_rep):
-                prompts = [t if r else [] for t, r in zip(batch.prompt_token_ids, use_rep)]
+                prompts = [
+                    t if r else [] for t, r in zip(batch.prompt_token_ids, use_rep, strict=True)
+                ]
                 prompt_counts = token_counts(prompts, V, device)  # [B, V]
             logits = apply_penalties(logits, prompt_counts, output_counts, rep, presence,
                                      frequency)
@@ -301,7 +306,7 @@ class Sampler:
                 sampled = apply_top_k_top_p(sampled, top_k, top_p)
             if any(p.min_p > 0.0 for p in params):
                 sampled = apply_min_p(sampled, min_p)
-            generators = [None if gr else g for g, gr in zip(batch.generators, greedy)]
+            generators = [None if gr else g for g, gr in zip(batch.generators, greedy, strict=True)]
             tokens = sample_exponential(sampled.softmax(dim=-1), generators)  # [B]
             if any(greedy):
                 is_greedy = _to_device(torch.tensor(greedy), device)  # [B]
@@ -327,13 +332,13 @@ def _with_logprobs(
         dim=1,
     ).tolist()  # [B, 3 + 2k]
     token_ids, infos = [], []
-    for p, row in zip(params, packed):
+    for p, row in zip(params, packed, strict=True):
         token_id = int(row[0])
         token_ids.append(token_id)
         if p.logprobs is None:
             infos.append(None)
             continue
         n = p.logprobs
-        top = [(int(t), lp) for t, lp in zip(row[3 : 3 + n], row[3 + k : 3 + k + n])]
+        top = [(int(t), lp) for t, lp in zip(row[3 : 3 + n], row[3 + k : 3 + k + n], strict=True)]
         infos.append(LogprobInfo(token_id=token_id, logprob=row[1], rank=int(row[2]), top=top))
     return SamplerOutput(token_ids=token_ids, logprobs=infos)
