@@ -46,10 +46,8 @@ class Sequence:
         self.num_preemptions = 0
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
+        # a seeded request's own random stream (set by the engine on the model's device)
         self.generator: torch.Generator | None = None
-        if params.seed is not None:
-            # every sequence of a seeded request gets its own stream, independent of the batch
-            self.generator = torch.Generator().manual_seed(params.seed + index)
         self.logprobs: list = []
 
     def __len__(self) -> int:

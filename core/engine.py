@@ -1,0 +1,283 @@
+"""The request loop: add_request -> step -> outputs, with sessions, aborts and statistics."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from core.block_manager import BlockManager
+from core.config import NybbleConfig
+from core.detokenizer import IncrementalDetokenizer
+from core.engine_stats import EngineStats
+from core.model_runner import ModelRunner
+from core.outputs import CompletionOutput, RequestOutput, Usage
+from core.plugins import Registries, get_registries
+from core.sampler import Sampler, SamplingBatch, make_generator
+from core.sampling_params import SamplingParams
+from core.scheduler import Scheduler
+from core.sequence import Sequence, SequenceStatus
+from core.stop_strings import StopStringMatcher
+from core.tokenizer import load_tokenizer
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve (too long, empty, unknown session); the message says
+    which limit and the sizes."""
+
+
+@dataclass
+class _SeqState:
+    seq: Sequence
+    detok: IncrementalDetokenizer
+    stops: StopStringMatcher
+    text: str = ""
+    emitted_tokens: int = 0  # output tokens already reported
+    pending_text: str = ""  # text produced since the last report
+    emitted_logprobs: int = 0
+
+
+@dataclass
+class _Request:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    states: list[_SeqState]
+    session_id: str | None
+    prompt: str | None
+    arrival: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+
+
+class Engine:
+    """Owns the model runner, scheduler and sampler; ``step`` advances every running request."""
+
+    def __init__(self, cfg: NybbleConfig, regs: Registries | None = None) -> None:
+        regs = regs or get_registries()
+        self.cfg = cfg
+        self.runner = ModelRunner(cfg, regs)
+        mc = self.runner.model_config
+        self.model_config = mc
+        self.tokenizer = load_tokenizer(mc.tokenizer, mc.path)
+        self.template = regs.chat_templates.get(mc.chat_template)
+        self.session_len = mc.session_len
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, cfg.engine.block_size, cfg.engine.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager, cfg.engine.max_batch_size, cfg.engine.max_num_batched_tokens
+        )
+        self.sampler = Sampler()
+        self.eos_ids = tuple(sorted({mc.eos_token_id, *self.template.stop_token_ids}))
+        self.requests: dict[str, _Request] = {}
+        self.sessions: dict[str, list[int]] = {}
+        self.stats = EngineStats()
+        self._ids = itertools.count()
+
+    # ---- requests ------------------------------------------------------------------------
+    def default_params(self, **overrides) -> SamplingParams:
+        return SamplingParams.from_defaults(self.cfg.sampling, **overrides)
+
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        session_id: str | None = None,
+    ) -> str:
+        """Queue a request; raise RequestError at once if it can never be served.
+
+        With ``session_id``, ``prompt`` is only the new part of the conversation: it is appended
+        to the session's tokens so far (prompt and answers), which the prefix cache still holds.
+        """
+        params = params or self.default_params()
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise RequestError(f"request id {request_id!r} is already running")
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            text: str | None = prompt
+        else:
+            ids, text = list(prompt), None
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in ids):
+            raise RequestError(f"prompt token ids must be in [0, {vocab}); got {[t for t in ids if not 0 <= t < vocab][:5]}")
+        if session_id is not None:
+            ids = self.sessions.get(session_id, []) + ids
+        if not ids:
+            raise RequestError("the prompt is empty; send at least one token")
+        room = self.session_len - len(ids)
+        if room <= 0:
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens, more than session_len={self.session_len} "
+                "allows; shorten it, end the session, or raise model.session_len"
+            )
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = room
+        elif len(ids) + max_tokens > self.session_len:
+            raise RequestError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) = "
+                f"{len(ids) + max_tokens} exceeds session_len={self.session_len}; lower "
+                f"max_tokens to at most {room} or shorten the prompt"
+            )
+        needed = self.block_manager.blocks_needed(len(ids) + max_tokens)
+        if needed > self.block_manager.num_blocks:
+            fits = self.block_manager.num_blocks * self.block_manager.block_size
+            raise RequestError(
+                f"prompt + max_tokens = {len(ids) + max_tokens} tokens cannot fit in the whole "
+                f"KV cache ({fits} tokens); lower max_tokens or give the KV cache more memory"
+            )
+        if max_tokens != params.max_tokens:
+            params = params.replace(max_tokens=max_tokens)
+        states = []
+        for index in range(params.n):
+            seq = Sequence(request_id, ids, params, index=index, session_id=session_id)
+            if params.seed is not None:
+                seq.generator = make_generator(params.seed + index, self.runner.device)
+            states.append(
+                _SeqState(
+                    seq=seq,
+                    detok=IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
+                    stops=StopStringMatcher(params.stop, params.include_stop_str_in_output),
+                )
+            )
+            self.scheduler.add(seq)
+        self.requests[request_id] = _Request(request_id, ids, params, states, session_id, text)
+        self.stats.on_request_added(len(ids))
+        return request_id
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now and free its KV blocks; returns its final output (abort)."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        for st in req.states:
+            if not st.seq.is_finished:
+                self.scheduler.finish(st.seq)
+                st.seq.finish_reason = "abort"
+        return self._finish_request(req)
+
+    def end_session(self, session_id: str) -> bool:
+        """Forget a session's conversation (its blocks stay only as evictable prefix cache)."""
+        for req in list(self.requests.values()):
+            if req.session_id == session_id:
+                self.abort(req.request_id)
+        return self.sessions.pop(session_id, None) is not None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ---- stepping ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and report every request that moved."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        t0 = time.monotonic()
+        num_prefill = sum(
+            n for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens < s.num_prompt_tokens
+        )
+        logits = self.runner.execute(batch)
+        sampling = [s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s)]
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_computed_tokens += n
+            self.block_manager.commit_full_blocks(seq)
+        if sampling:
+            sbatch = SamplingBatch.build(
+                [s.params for s in sampling],
+                [s.prompt_token_ids for s in sampling],
+                [s.output_token_ids for s in sampling],
+                [s.generator for s in sampling],
+                self.eos_ids,
+            )
+            out = self.sampler(logits, sbatch)
+            for seq, token, lp in zip(sampling, out.token_ids, out.logprobs):
+                seq.append_token(token)
+                if lp is not None:
+                    seq.logprobs.append(lp)
+        self.stats.on_step(num_prefill, time.monotonic() - t0)
+        moved = {s.request_id for s in sampling}
+        outputs = []
+        for rid in moved:
+            req = self.requests.get(rid)
+            if req is not None:
+                outputs.append(self._advance(req))
+        return outputs
+
+    def _check_finished(self, st: _SeqState, new_tokens: list[int]) -> None:
+        seq, p = st.seq, st.seq.params
+        for t in new_tokens:
+            if t in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", t
+            elif not p.ignore_eos and t in self.eos_ids:
+                seq.finish_reason, seq.stop_reason = "stop", t
+        if seq.finish_reason is None and st.stops.matched is not None:
+            seq.finish_reason, seq.stop_reason = "stop", st.stops.matched
+        if seq.finish_reason is None and (
+            seq.num_output_tokens >= p.max_tokens or len(seq) >= self.session_len
+        ):
+            seq.finish_reason = "length"
+
+    def _advance(self, req: _Request) -> RequestOutput:
+        now = time.monotonic()
+        if req.first_token_time is None:
+            req.first_token_time = now
+            self.stats.on_first_token(now - req.arrival)
+        for st in req.states:
+            seq = st.seq
+            if seq.is_finished:
+                continue
+            new = seq.output_token_ids[st.emitted_tokens :]
+            if new and st.stops.matched is None:
+                st.pending_text += st.stops.feed(st.detok.step(new))
+            self._check_finished(st, new)
+            if seq.finish_reason is not None:
+                if st.stops.matched is None:
+                    st.pending_text += st.stops.feed(st.detok.flush())
+                    st.pending_text += st.stops.flush()
+                self.scheduler.finish(seq)
+        self.stats.on_tokens(sum(len(st.seq.output_token_ids) - st.emitted_tokens for st in req.states))
+        if all(st.seq.is_finished for st in req.states):
+            return self._finish_request(req)
+        return self._report(req)
+
+    def _report(self, req: _Request, finished: bool = False) -> RequestOutput:
+        outs = []
+        for st in req.states:
+            seq = st.seq
+            delta_ids = seq.output_token_ids[st.emitted_tokens :]
+            delta_lp = seq.logprobs[st.emitted_logprobs :]
+            st.emitted_tokens = seq.num_output_tokens
+            st.emitted_logprobs = len(seq.logprobs)
+            st.text += st.pending_text
+            outs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=st.text,
+                    token_ids=seq.output_token_ids,
+                    delta_text=st.pending_text,
+                    delta_token_ids=delta_ids,
+                    finish_reason=seq.finish_reason,
+                    stop_reason=seq.stop_reason,
+                    logprobs=list(seq.logprobs),
+                    delta_logprobs=delta_lp,
+                )
+            )
+            st.pending_text = ""
+        first = req.states[0].seq
+        usage = Usage(
+            prompt_tokens=len(req.prompt_ids),
+            completion_tokens=sum(st.seq.num_output_tokens for st in req.states),
+            cached_tokens=first.num_cached_prompt_tokens,
+        )
+        return RequestOutput(req.request_id, req.prompt_ids, outs, finished, usage, req.session_id, req.prompt)
+
+    def _finish_request(self, req: _Request) -> RequestOutput:
+        self.requests.pop(req.request_id, None)
+        if req.session_id is not None:
+            # the conversation so far, answer included (also a partial, aborted one)
+            self.sessions[req.session_id] = list(req.states[0].seq.token_ids)
+        for st in req.states:
+            self.stats.on_finished(st.seq.finish_reason or "abort")
+        return self._report(req, finished=True)
