@@ -1,0 +1,239 @@
+"""Triton W4A16 kernels for AWQ int4 (fp16 activations, fp32 accumulation, fp16 output).
+
+Weights are in the kernel layout of plugins/awq/layout.py; reference.py is the oracle. Paths:
+
+- ``fma`` (M = 1): each program owns BLOCK_N output rows and walks all of K, multiplying on the
+  CUDA cores; the [N, K/8] layout keeps narrow row blocks coalesced, so N / BLOCK_N programs
+  (320 or more for the internlm-chat-20b shapes) fill the SMs without split-K.
+- ``dot`` (any M): the same walk with ``tl.dot`` on the tensor cores, M padded to 16; small
+  BLOCK_N for decode-sized M, large tiles (and grouped program order for L2 reuse) for prefill.
+- ``dequant`` (large M): dequantize the whole weight to fp16 [N, K], then cuBLAS ``F.linear``.
+
+Dequantization uses the fp16 magic number: OR-ing a nibble into the mantissa of 1024.0 (0x6400)
+gives 1024 + q exactly; OR-ing 0x64006400 after ``(q >> 4p) & 0x000F000F`` does it for two
+values (two 16-wide K slices) per int32 operation. The zero point is unpacked the same way to
+1024 + z, so ``(1024 + q) - (1024 + z)`` is exact and ``w = (q - z) * s`` rounds once, as the
+reference does.
+
+All kernels run under ``TRITON_INTERPRET=1`` on CPU tensors (tests use that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from plugins.awq.reference import KCHUNK, PIECE
+
+# Batch sizes up to this use the decode configs (small BLOCK_N, many programs); above it the
+# prefill path. Chosen by bench/kernels.py (see bench/results/kernels-*.md).
+DECODE_MAX_M = 64
+
+# From this M on, prefill dequantizes to fp16 and calls cuBLAS instead of the fused tiled
+# kernel. Chosen by bench/kernels.py (see bench/results/kernels-*.md).
+DEQUANT_MIN_M = 1 << 30
+
+
+@dataclass(frozen=True)
+class Config:
+    """One launch configuration; ``path`` is "fma", "dot" or "dequant"."""
+
+    path: str
+    block_m: int = 16
+    block_n: int = 16
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def default_config(m: int, n: int, k: int) -> Config:
+    """The configuration chosen by bench/kernels.py for an [M, K] x [K, N] product."""
+    if m == 1:
+        return Config("fma", block_m=1, block_n=16, num_warps=4, num_stages=3)
+    if m <= DECODE_MAX_M:
+        return Config("dot", block_m=16 if m <= 16 else 32 if m <= 32 else 64, block_n=32)
+    if m >= DEQUANT_MIN_M:
+        return Config("dequant", block_n=32)
+    return Config("dot", block_m=128, block_n=128, num_warps=8, num_stages=3)
+
+
+@triton.jit
+def _dequant_piece(q, zz, s, J: tl.constexpr):
+    """Slice J (0..7) of a [BN, 16] int32 tile -> fp16 [BN, 16] weights ``(q - z) * s``."""
+    v = ((q >> (4 * (J % 4))) & 0x000F000F) | 0x64006400  # two fp16 1024 + q per int32
+    if J < 4:
+        h = v.to(tl.int16)
+    else:
+        h = (v >> 16).to(tl.int16)
+    return (h.to(tl.float16, bitcast=True) - zz[:, None]) * s[:, None]
+
+
+@triton.jit
+def _group_params(s_ptr, z_ptr, g, offs_n, mask_n, N):
+    """Scales and 1024 + zero of group g for rows offs_n: two fp16 [BN]."""
+    s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
+    zi = tl.load(z_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
+    zz = (((zi >> ((offs_n % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    return s, zz
+
+
+@triton.jit
+def _awq_gemm_kernel(
+    x_ptr,
+    qw_ptr,
+    s_ptr,
+    z_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    USE_DOT: tl.constexpr,
+):
+    # Grouped program order: GROUP_M row blocks share each weight tile while it sits in L2.
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_in_group = GROUP_M * num_pid_n
+    first_m = (pid // pids_in_group) * GROUP_M
+    group_rows = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % pids_in_group) % group_rows
+    pid_n = (pid % pids_in_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, 16)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    qw_ptrs = qw_ptr + offs_n[:, None] * (K // 8) + offs_c[None, :]  # [BN, 16]
+    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :]  # [BM, 16]
+    if USE_DOT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc2 = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
+    for chunk in range(0, K // 128):
+        q = tl.load(qw_ptrs + chunk * 16, mask=mask_n[:, None], other=0)  # [BN, 16] int32
+        for j in tl.static_range(8):
+            if (j * 16) % GROUP == 0:
+                s, zz = _group_params(
+                    s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N
+                )
+            w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
+            xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
+            if USE_DOT:
+                acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
+            else:
+                acc2 += w.to(tl.float32) * xj.to(tl.float32)  # BM == 1: [BN, 16]
+    if not USE_DOT:
+        acc = tl.sum(acc2, axis=1)[None, :]  # [1, BN]
+    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+    tl.store(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _awq_dequant_kernel(
+    qw_ptr, s_ptr, z_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    pid_n = tl.program_id(0)
+    chunk = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_c = tl.arange(0, 16)
+    mask_n = offs_n < N
+    q = tl.load(
+        qw_ptr + offs_n[:, None] * (K // 8) + chunk * 16 + offs_c[None, :],
+        mask=mask_n[:, None],
+        other=0,
+    )
+    w_ptrs = w_ptr + offs_n[:, None] * K + chunk * 128 + offs_c[None, :]  # [BN, 16]
+    for j in tl.static_range(8):
+        if (j * 16) % GROUP == 0:
+            s, zz = _group_params(s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N)
+        tl.store(w_ptrs + j * 16, _dequant_piece(q, zz, s, j), mask=mask_n[:, None])
+
+
+def _check(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    group_size: int,
+):
+    assert KCHUNK == 128 and PIECE == 16, "kernels hard-code the 128-wide K chunk of layout.py"
+    assert x.dim() == 2 and x.dtype == torch.float16, (
+        f"x must be fp16 [M, K], got {x.dtype} {tuple(x.shape)}"
+    )
+    assert x.stride(1) == 1, f"x rows must be contiguous, strides {x.stride()}"
+    m, k = x.shape
+    n = qweight.shape[0]
+    assert qweight.dtype == torch.int32 and qweight.is_contiguous(), (
+        "qweight must be contiguous int32"
+    )
+    assert tuple(qweight.shape) == (n, k // 8), (
+        f"qweight {tuple(qweight.shape)}, expected [N, K/8] = [{n}, {k // 8}]"
+    )
+    assert k % KCHUNK == 0 and group_size in (32, 64, 128), (
+        f"K={k} must divide by 128, G={group_size}"
+    )
+    assert scales.dtype == torch.float16 and scales.is_contiguous(), (
+        "scales must be contiguous fp16"
+    )
+    assert tuple(scales.shape) == (k // group_size, n), (
+        f"scales {tuple(scales.shape)}, expected [{k // group_size}, {n}]"
+    )
+    assert qzeros.dtype == torch.int32 and qzeros.is_contiguous(), "qzeros must be contiguous int32"
+    assert tuple(qzeros.shape) == (k // group_size, n // 8), (
+        f"qzeros {tuple(qzeros.shape)}, expected [{k // group_size}, {n // 8}]"
+    )
+    return m, n, k
+
+
+def awq_dequantize(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    group_size: int,
+    block_n: int = 32,
+) -> torch.Tensor:
+    """Kernel layout -> fp16 W [N, K] (for cuBLAS prefill)."""
+    # qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32 -> [N, K] fp16
+    n, k = qweight.shape[0], qweight.shape[1] * 8
+    w = torch.empty((n, k), dtype=torch.float16, device=qweight.device)
+    grid = (triton.cdiv(n, block_n), k // KCHUNK)
+    _awq_dequant_kernel[grid](qweight, scales, qzeros, w, n, k, GROUP=group_size, BLOCK_N=block_n)
+    return w
+
+
+def awq_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    group_size: int,
+    config: Config | None = None,
+) -> torch.Tensor:
+    """``x @ W^T`` with W in the kernel layout; ``config`` overrides the tuned choice (tests)."""
+    # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
+    #   -> [M, N] fp16
+    m, n, k = _check(x, qweight, scales, qzeros, group_size)
+    cfg = config or default_config(m, n, k)
+    if cfg.path == "dequant":
+        return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg.block_n))
+    use_dot = cfg.path == "dot"
+    assert use_dot or cfg.block_m == 1, "the fma path computes one row per program (block_m=1)"
+    y = torch.empty((m, n), dtype=torch.float16, device=x.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    _awq_gemm_kernel[grid](
+        x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
+        GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
+        USE_DOT=use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return y

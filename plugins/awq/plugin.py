@@ -1,0 +1,25 @@
+"""Built-in plugin: the AWQ int4 weight format and its ``awq_gemm`` kernels."""
+
+from __future__ import annotations
+
+from core.hookspecs import hookimpl
+from plugins.awq.format import AWQFormat
+from plugins.awq.reference import awq_gemm_torch
+
+
+@hookimpl
+def register_weight_formats(register):
+    register(AWQFormat())
+
+
+def awq_gemm_triton(x, qweight, scales, qzeros, group_size):
+    """Triton ``awq_gemm``; triton is imported on first call so this module loads anywhere."""
+    from plugins.awq.kernels import awq_gemm
+
+    return awq_gemm(x, qweight, scales, qzeros, group_size)
+
+
+@hookimpl
+def register_kernels(register):
+    register("awq_gemm", "torch", awq_gemm_torch)
+    register("awq_gemm", "triton", awq_gemm_triton)
