@@ -212,7 +212,11 @@ def _describe(tp: Any) -> str:
         return f"{_describe(args[0])} or null"
     if typing.get_origin(tp) is list and args:
         inner = _describe(args[0]).removeprefix("an ").removeprefix("a ")
-        return f"a list of {inner}s" if inner in ("integer", "number", "string") else f"a list of {inner}"
+        return (
+            f"a list of {inner}s"
+            if inner in ("integer", "number", "string")
+            else f"a list of {inner}"
+        )
     return f"a value of type {getattr(tp, '__name__', tp)}"
 
 
