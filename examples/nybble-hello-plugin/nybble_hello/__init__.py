@@ -1,0 +1,1 @@
+"""A minimal third-party nybble plugin (see docs/plugins.md)."""
