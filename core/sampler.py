@@ -20,11 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from core.sampling_params import SamplingParams
+
+# Largest top_k for which torch.topk beats a full sort of the vocabulary. H100, V=103168,
+# B=256, torch 2.11: topk 0.63-0.68 ms for k <= 1024 vs sort 3.96 ms; at k=4096 topk falls
+# back to a sort (3.96 ms).
+TOPK_INSTEAD_OF_SORT = 1024
 
 
 @dataclass
@@ -47,7 +54,15 @@ class SamplerOutput:
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     """The per-sequence generator for a seeded request: build it once, pass it every step."""
-    return torch.Generator(device=device).manual_seed(seed)
+    return torch.Generator(device=_resolve(device)).manual_seed(seed)
+
+
+def _resolve(device: torch.device | str) -> torch.device:
+    """Resolve "cuda" to "cuda:<current>", so it compares equal to a tensor's device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @dataclass
@@ -117,10 +132,11 @@ def _to_device(t: Tensor, device: torch.device) -> Tensor:
 
 def _flat_index(token_ids: Sequence[Sequence[int]], vocab_size: int) -> Tensor:
     """Row-major indices row * V + token into a flattened [B, V] tensor, built on the host."""
-    lens = torch.tensor([len(t) for t in token_ids], dtype=torch.int64)  # [B]
-    tokens = torch.tensor([t for row in token_ids for t in row], dtype=torch.int64)  # [N]
-    rows = torch.repeat_interleave(torch.arange(len(token_ids)), lens)  # [N]
-    return rows * vocab_size + tokens  # [N]
+    lens = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))  # [B]
+    # fromiter over a chain is ~7x faster than torch.tensor on a flattened Python list.
+    tokens = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=int(lens.sum()))
+    rows = np.repeat(np.arange(len(token_ids), dtype=np.int64), lens)  # [N]
+    return torch.from_numpy(rows * vocab_size + tokens)  # [N]
 
 
 def token_counts(
@@ -184,24 +200,30 @@ def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
     return logits / temperature[:, None]
 
 
-def apply_top_k_top_p(logits: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:
+def apply_top_k_top_p(
+    logits: Tensor, top_k: Tensor | None, top_p: Tensor | None, max_top_k: int | None = None
+) -> Tensor:
     """Keep each row's top_k largest logits, then its nucleus: the smallest set of the most
     likely tokens whose probability sums to >= top_p (always at least one token).
 
     logits [B, V]; top_k [B] integers (>= V = off); top_p [B] in (0, 1] (1 = off). Either may
     be None (off for every row). Dropped logits become -inf; ties at the k-th value are broken
-    by sort order, so exactly k survive.
+    by sort order, so exactly k survive. ``max_top_k``, a host-side bound on every row's top_k,
+    lets a partial topk replace the full sort of the vocabulary.
     """
     B, V = logits.shape
-    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
+    if max_top_k is not None and max_top_k <= TOPK_INSTEAD_OF_SORT:
+        sorted_logits, sorted_idx = logits.topk(min(max_top_k, V), dim=-1)  # [B, K] descending
+    else:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
     if top_k is not None:
-        positions = torch.arange(V, device=logits.device)  # [V]
+        positions = torch.arange(sorted_logits.shape[1], device=logits.device)  # [K]
         sorted_logits = sorted_logits.masked_fill(positions[None, :] >= top_k[:, None], -torch.inf)
     if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1)  # [B, V]
-        cum = probs.cumsum(dim=-1)  # [B, V]
-        cum_before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # [B, V] mass of better tokens
-        drop = (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [B, V]
+        probs = sorted_logits.softmax(dim=-1)  # [B, K]
+        cum = probs.cumsum(dim=-1)  # [B, K]
+        cum_before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # [B, K] mass of better tokens
+        drop = (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [B, K]
         sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
     return torch.full_like(logits, -torch.inf).scatter(-1, sorted_idx, sorted_logits)  # [B, V]
 
@@ -249,7 +271,7 @@ class Sampler:
         device = logits.device
         params = batch.params
         for g in batch.generators:
-            if g is not None and g.device != device:
+            if g is not None and _resolve(g.device) != device:
                 raise ValueError(
                     f"Sampler: a generator is on {g.device} but the logits are on {device}; "
                     "build it with make_generator(seed, logits.device)"
@@ -258,20 +280,26 @@ class Sampler:
         want_logprobs = any(p.logprobs is not None for p in params)
         raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None  # [B, V]
 
-        # One host->device copy for all per-row numbers.
+        # One host->device copy for all per-row numbers. Greedy rows go through the sampling
+        # path as no-op filters with top_k=1 (their draw is discarded), so they never force a
+        # full sort.
+        greedy = [p.is_greedy for p in params]
         table = torch.tensor(
             [
-                [p.temperature, p.top_p, float(p.top_k if p.top_k > 0 else V), p.min_p,
-                 p.repetition_penalty, p.presence_penalty, p.frequency_penalty]
-                for p in params
+                [1.0, 1.0, 1.0, 0.0, 1.0]
+                if g
+                else [p.temperature, p.top_p, float(p.top_k if p.top_k > 0 else V), p.min_p, 0.0]
+                for p, g in zip(params, greedy, strict=True)
             ],
             dtype=torch.float32,
-        )  # [B, 7]
-        greedy = [p.is_greedy for p in params]
-        table[:, 0] = torch.where(torch.tensor(greedy), 1.0, table[:, 0])
-        temperature, top_p, top_k, min_p, rep, presence, frequency = (
-            _to_device(table, device).unbind(dim=1)
-        )  # each [B]
+        )  # [B, 5]
+        penalties = torch.tensor(
+            [[p.repetition_penalty, p.presence_penalty, p.frequency_penalty] for p in params],
+            dtype=torch.float32,
+        )  # [B, 3]
+        temperature, top_p, top_k, min_p, is_greedy, rep, presence, frequency = _to_device(
+            torch.cat([table, penalties], dim=1), device
+        ).unbind(dim=1)  # each [B]
 
         banned = [
             banned_token_ids(p, len(out), batch.eos_token_ids)
@@ -295,22 +323,24 @@ class Sampler:
                     t if r else [] for t, r in zip(batch.prompt_token_ids, use_rep, strict=True)
                 ]
                 prompt_counts = token_counts(prompts, V, device)  # [B, V]
-            logits = apply_penalties(logits, prompt_counts, output_counts, rep, presence,
-                                     frequency)
+            logits = apply_penalties(logits, prompt_counts, output_counts, rep, presence, frequency)
 
         if all(greedy):
             tokens = logits.argmax(dim=-1)  # [B]
         else:
+            active = [p for p, g in zip(params, greedy, strict=True) if not g]
             sampled = apply_temperature(logits, temperature)
-            if any(p.top_k > 0 for p in params) or any(p.top_p < 1.0 for p in params):
-                sampled = apply_top_k_top_p(sampled, top_k, top_p)
-            if any(p.min_p > 0.0 for p in params):
+            if any(p.top_k > 0 or p.top_p < 1.0 for p in active):
+                max_top_k = (
+                    max(p.top_k for p in active) if all(p.top_k > 0 for p in active) else None
+                )
+                sampled = apply_top_k_top_p(sampled, top_k, top_p, max_top_k)
+            if any(p.min_p > 0.0 for p in active):
                 sampled = apply_min_p(sampled, min_p)
             generators = [None if gr else g for g, gr in zip(batch.generators, greedy, strict=True)]
             tokens = sample_exponential(sampled.softmax(dim=-1), generators)  # [B]
             if any(greedy):
-                is_greedy = _to_device(torch.tensor(greedy), device)  # [B]
-                tokens = torch.where(is_greedy, logits.argmax(dim=-1), tokens)
+                tokens = torch.where(is_greedy > 0.5, logits.argmax(dim=-1), tokens)
 
         if raw_logprobs is None:
             return SamplerOutput(token_ids=tokens.tolist(), logprobs=[None] * B)
@@ -327,8 +357,13 @@ def _with_logprobs(
     top_lp, top_ids = raw_logprobs.topk(k, dim=-1)  # [B, k] each, sorted descending
     # fp64 holds token ids, ranks and fp32 logprobs exactly, so one tensor makes one copy.
     packed = torch.cat(
-        [tokens[:, None].double(), sampled_lp.double(), rank.double(), top_ids.double(),
-         top_lp.double()],
+        [
+            tokens[:, None].double(),
+            sampled_lp.double(),
+            rank.double(),
+            top_ids.double(),
+            top_lp.double(),
+        ],
         dim=1,
     ).tolist()  # [B, 3 + 2k]
     token_ids, infos = [], []

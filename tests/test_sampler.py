@@ -89,6 +89,14 @@ def test_top_p_one_keeps_everything_and_top_k_then_top_p_compose():
         assert kept == _nucleus(row, 0.8)
 
 
+def test_partial_topk_path_equals_full_sort():
+    logits = _logits(5, 300, seed=10)
+    top_k = torch.tensor([1, 7, 40, 40, 3])
+    top_p = torch.tensor([1.0, 0.5, 0.9, 1.0, 0.2])
+    full = apply_top_k_top_p(logits, top_k, top_p)
+    assert torch.equal(apply_top_k_top_p(logits, top_k, top_p, max_top_k=40), full)
+
+
 def test_min_p_drops_tokens_below_fraction_of_top_probability():
     logits = _logits(3, 40, seed=3)
     min_p = torch.tensor([0.0, 0.1, 0.5])
@@ -331,6 +339,7 @@ def test_batch_validation_messages():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_cpu_for_greedy_and_reproduces_seeds():
     logits = _logits(6, 1000, seed=9)
+    logits[4:] = logits[3]  # rows 3-5: same logits, same seed -> same token
     params = [SamplingParams(temperature=0, repetition_penalty=1.2, min_tokens=1)] * 3 + [
         SamplingParams(temperature=0.8, top_k=50, top_p=0.9, min_p=0.02, seed=5, logprobs=3)
     ] * 3
