@@ -96,8 +96,10 @@ class SamplingParams:
     def _validate(self) -> None:
         if not _is_int(self.n) or self.n < 1:
             _fail("n", self.n, "an integer >= 1")
-        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or (
-            self.temperature < 0
+        if (
+            not _is_number(self.temperature)
+            or not math.isfinite(self.temperature)
+            or (self.temperature < 0)
         ):
             _fail("temperature", self.temperature, "a finite number >= 0 (0 = greedy)")
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
