@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+MISSING = "???"  # omegaconf's marker for a required value (omegaconf is imported lazily, so
+# the engine also runs where Hydra is not installed, e.g. on the GPU machine)
 
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -136,10 +137,12 @@ def _choice(key: str, value: Any, choices: tuple | list) -> None:
         _fail(key, value, "one of " + ", ".join(map(str, choices)))
 
 
-def to_config(cfg: DictConfig | NybbleConfig) -> NybbleConfig:
-    """A plain NybbleConfig (dataclasses) from a composed Hydra config."""
+def to_config(cfg: Any) -> NybbleConfig:
+    """A plain NybbleConfig (dataclasses) from a composed Hydra config (a DictConfig)."""
     if isinstance(cfg, NybbleConfig):
         return cfg
+    from omegaconf import OmegaConf
+
     obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(NybbleConfig), cfg))
     assert isinstance(obj, NybbleConfig)
     return obj

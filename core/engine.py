@@ -230,11 +230,11 @@ class Engine:
                 continue
             new = seq.output_token_ids[st.emitted_tokens :]
             if new and st.stops.matched is None:
-                st.pending_text += st.stops.feed(st.detok.step(new))
+                st.pending_text += st.stops.feed(st.detok.step(new))[0]
             self._check_finished(st, new)
             if seq.finish_reason is not None:
                 if st.stops.matched is None:
-                    st.pending_text += st.stops.feed(st.detok.flush())
+                    st.pending_text += st.stops.feed(st.detok.flush())[0]
                     st.pending_text += st.stops.flush()
                 self.scheduler.finish(seq)
         self.stats.on_tokens(sum(len(st.seq.output_token_ids) - st.emitted_tokens for st in req.states))
