@@ -38,9 +38,14 @@ DECODE_MAX_M = 64
 DEQUANT_MIN_M = 1 << 30
 
 
+# Kernel MODE per path: CUDA-core FMAs, tl.dot with x as operand A, tl.dot with the weights as
+# operand A (x^T as B), or dequantize + cuBLAS (no MODE).
+MODES = {"fma": 0, "dot": 1, "dot_t": 2}
+
+
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration; ``path`` is "fma", "dot" or "dequant"."""
+    """One launch configuration; ``path`` is "fma", "dot", "dot_t" or "dequant"."""
 
     path: str
     block_m: int = 16
@@ -48,6 +53,8 @@ class Config:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    unroll: int = 1  # 128-wide K chunks loaded per loop iteration (more loads in flight)
+    split_k: int = 1  # programs sharing one output tile's K range (fp16 atomics)
 
 
 def default_config(m: int, n: int, k: int) -> Config:
@@ -82,6 +89,36 @@ def _group_params(s_ptr, z_ptr, g, offs_n, mask_n, N):
 
 
 @triton.jit
+def _chunk(
+    acc,
+    q,
+    chunk,
+    x_ptrs,
+    mask_m,
+    s_ptr,
+    z_ptr,
+    offs_n,
+    mask_n,
+    N,
+    GROUP: tl.constexpr,
+    MODE: tl.constexpr,
+):
+    """Accumulate one 128-wide K chunk: q [BN, 16] int32 against x[:, chunk*128 : +128]."""
+    for j in tl.static_range(8):
+        if (j * 16) % GROUP == 0:
+            s, zz = _group_params(s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N)
+        w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
+        xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
+        if MODE == 1:
+            acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
+        elif MODE == 2:
+            acc = tl.dot(w, tl.trans(xj), acc)  # [BN, BM]: dequantized weights as operand A
+        else:
+            acc += w.to(tl.float32) * xj.to(tl.float32)  # BM == 1: [BN, 16]
+    return acc
+
+
+@triton.jit
 def _awq_gemm_kernel(
     x_ptr,
     qw_ptr,
@@ -97,7 +134,9 @@ def _awq_gemm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     GROUP_M: tl.constexpr,
-    USE_DOT: tl.constexpr,
+    MODE: tl.constexpr,
+    UNROLL: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     # Grouped program order: GROUP_M row blocks share each weight tile while it sits in L2.
     pid = tl.program_id(0)
@@ -116,27 +155,43 @@ def _awq_gemm_kernel(
     mask_n = offs_n < N
     qw_ptrs = qw_ptr + offs_n[:, None] * (K // 8) + offs_c[None, :]  # [BN, 16]
     x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :]  # [BM, 16]
-    if USE_DOT:
+    if MODE == 1:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    elif MODE == 2:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
-        acc2 = tl.zeros((BLOCK_N, 16), dtype=tl.float32)
-    for chunk in range(0, K // 128):
-        q = tl.load(qw_ptrs + chunk * 16, mask=mask_n[:, None], other=0)  # [BN, 16] int32
-        for j in tl.static_range(8):
-            if (j * 16) % GROUP == 0:
-                s, zz = _group_params(
-                    s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N
-                )
-            w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
-            xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
-            if USE_DOT:
-                acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
-            else:
-                acc2 += w.to(tl.float32) * xj.to(tl.float32)  # BM == 1: [BN, 16]
-    if not USE_DOT:
-        acc = tl.sum(acc2, axis=1)[None, :]  # [1, BN]
+        acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)  # row sums taken at the end
+    chunks = K // 128 // SPLIT_K  # this program's share of K, in 128-wide chunks
+    first = tl.program_id(1) * chunks
+    for chunk0 in range(first, first + chunks, UNROLL):
+        # Issue every chunk's load before the first use: more bytes in flight per program.
+        q0 = tl.load(qw_ptrs + chunk0 * 16, mask=mask_n[:, None], other=0)  # [BN, 16] int32
+        if UNROLL >= 2:
+            q1 = tl.load(qw_ptrs + (chunk0 + 1) * 16, mask=mask_n[:, None], other=0)
+        if UNROLL >= 4:
+            q2 = tl.load(qw_ptrs + (chunk0 + 2) * 16, mask=mask_n[:, None], other=0)
+            q3 = tl.load(qw_ptrs + (chunk0 + 3) * 16, mask=mask_n[:, None], other=0)
+        acc = _chunk(acc, q0, chunk0, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE)
+        if UNROLL >= 2:
+            acc = _chunk(
+                acc, q1, chunk0 + 1, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE
+            )
+        if UNROLL >= 4:
+            acc = _chunk(
+                acc, q2, chunk0 + 2, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE
+            )
+            acc = _chunk(
+                acc, q3, chunk0 + 3, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE
+            )
+    if MODE == 0:
+        acc = tl.sum(acc, axis=1)[None, :]  # [1, BN]
+    elif MODE == 2:
+        acc = tl.trans(acc)  # [BM, BN]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
+    if SPLIT_K == 1:
+        tl.store(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
+    else:  # y was zeroed; fp16 atomics avoid a second pass over an fp32 workspace
+        tl.atomic_add(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
@@ -227,13 +282,15 @@ def awq_gemm(
     cfg = config or default_config(m, n, k)
     if cfg.path == "dequant":
         return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg.block_n))
-    use_dot = cfg.path == "dot"
-    assert use_dot or cfg.block_m == 1, "the fma path computes one row per program (block_m=1)"
-    y = torch.empty((m, n), dtype=torch.float16, device=x.device)
-    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    mode = MODES[cfg.path]
+    assert mode != 0 or cfg.block_m == 1, "the fma path computes one row per program (block_m=1)"
+    split_k = cfg.split_k if (k // KCHUNK) % cfg.split_k == 0 else 1
+    unroll = cfg.unroll if (k // KCHUNK // split_k) % cfg.unroll == 0 else 1
+    y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
     _awq_gemm_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-        USE_DOT=use_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        MODE=mode, UNROLL=unroll, SPLIT_K=split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y

@@ -19,17 +19,27 @@ needs_cuda = pytest.mark.skipif(
 )
 
 
-def _configs(m: int):
+def _configs(m: int) -> dict:
+    """Forced paths per M (each path is still covered for every group size, in few runs)."""
     from plugins.awq.kernels import Config
 
-    configs = {
+    all_configs = {
+        "fma": Config("fma", block_m=1, block_n=16),
+        "fma-split": Config("fma", block_m=1, block_n=32, unroll=2, split_k=2),
         "decode-dot": Config("dot", block_m=16, block_n=32),
+        "decode-dot_t-split": Config("dot_t", block_m=16, block_n=32, unroll=2, split_k=2),
         "prefill-dot": Config("dot", block_m=64, block_n=128, group_m=2),
         "dequant": Config("dequant", block_n=32),
     }
-    if m == 1:
-        configs["fma"] = Config("fma", block_m=1, block_n=16)
-    return configs
+    names = {
+        1: ["fma", "fma-split", "decode-dot"],
+        3: ["decode-dot", "decode-dot_t-split"],
+        17: ["prefill-dot", "decode-dot"],
+        64: ["prefill-dot", "dequant", "decode-dot_t-split"],
+    }.get(m, list(all_configs))
+    if m > 1:
+        names = [n for n in names if not n.startswith("fma")]
+    return {n: all_configs[n] for n in names}
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
