@@ -9,6 +9,7 @@ wrong comes out as a ``ConfigError`` naming the key, the value and what was expe
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import math
 import pkgutil
@@ -16,6 +17,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_module
@@ -117,12 +119,19 @@ def group_options(group: str) -> list[str]:
 
 
 def bench_tasks() -> list[str]:
-    """The benchmark modules in bench/ (each one a task of ``nybble-bench task=``)."""
+    """The benchmarks ``nybble-bench task=`` can run: modules of bench/ with a top-level
+    ``run(cfg)`` (found by parsing, so listing them imports no GPU code)."""
     import bench
 
-    return sorted(
-        m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_")
-    )
+    tasks = []
+    for info in pkgutil.iter_modules(bench.__path__):
+        path = Path(info.module_finder.path) / f"{info.name}.py"  # type: ignore[union-attr]
+        if info.name.startswith("_") or info.ispkg or not path.exists():
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        if any(isinstance(n, ast.FunctionDef) and n.name == "run" for n in tree.body):
+            tasks.append(info.name)
+    return sorted(tasks)
 
 
 def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -> NybbleConfig:
@@ -162,9 +171,6 @@ def check(cfg: DictConfig | NybbleConfig, config_name: str = "config") -> Nybble
 
 def validate_bench(cfg: BenchConfig) -> None:
     """Check the benchmark options (the groups are checked by core.config.validate)."""
-    tasks = bench_tasks()
-    if cfg.task not in tasks:
-        _fail("task", cfg.task, "one of " + (", ".join(tasks) or "(no benchmark in bench/)"))
     if not cfg.concurrency or any(c < 1 for c in cfg.concurrency):
         _fail("concurrency", cfg.concurrency, "a non-empty list of positive integers")
     for pair in cfg.token_pairs:
@@ -179,6 +185,9 @@ def validate_bench(cfg: BenchConfig) -> None:
         _fail("warmup_rounds", cfg.warmup_rounds, "an integer >= 0")
     if not cfg.request_rate > 0:
         _fail("request_rate", cfg.request_rate, "requests per second > 0 (inf = all at once)")
+    tasks = bench_tasks()
+    if cfg.task not in tasks:
+        _fail("task", cfg.task, "one of " + (", ".join(tasks) or "(no benchmark in bench/)"))
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}

@@ -1,0 +1,143 @@
+"""The commands as a user runs them: ``nybble``, ``nybble-convert``, ``nybble-bench``.
+
+Each command runs in a subprocess from an empty folder (which must stay empty: the commands
+write no outputs/ or log files there). The installed console scripts are used where they are
+on PATH; otherwise the same entry points run through ``python -c``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.compose import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = {"nybble": "main", "nybble-convert": "convert_main", "nybble-bench": "bench_main"}
+
+
+def command(name: str) -> list[str]:
+    script = shutil.which(name)
+    if script:
+        return [script]
+    return [
+        sys.executable,
+        "-c",
+        f"from core.cli import {ENTRY_POINTS[name]}; {ENTRY_POINTS[name]}()",
+    ]
+
+
+def run(args: list[str], cwd: Path, stdin: str = "", extra_env: dict | None = None):
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["NYBBLE_PLUGINS"] = "none"  # third-party plugins installed here must not change the output
+    env.update(extra_env or {})
+    return subprocess.run(
+        args, cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_help_lists_groups_options_and_examples(tmp_path):
+    result = run([sys.executable, "-m", "core.cli", "--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("nybble: serve 4-bit LLMs")
+    assert "model: internlm-chat-20b, internlm-chat-7b, internlm-tiny" in out
+    assert "frontend: api, chat, gradio, triton" in out
+    assert "quant: auto, awq, none" in out
+    assert "max_batch_size: 16" in out  # the settings with their defaults
+    assert "nybble model=internlm-tiny frontend=chat" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cfg_job_prints_the_composed_config(tmp_path):
+    args = ["--cfg", "job", "model=internlm-chat-20b", "frontend=api", "frontend.port=8080"]
+    result = run([*command("nybble"), *args], tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["model"]["name"] == "internlm-chat-20b" and cfg["model"]["num_layers"] == 60
+    assert cfg["frontend"] == {**cfg["frontend"], "name": "api", "port": 8080}
+    assert set(cfg) == {"model", "quant", "kernels", "engine", "sampling", "frontend"}
+    assert list(tmp_path.iterdir()) == []
+
+
+# (command, arguments, words of the one-line message)
+BAD = [
+    ("nybble", ["model=unknown"], ["model='unknown'", "internlm-chat-20b, internlm-chat-7b, internlm-tiny"]),
+    ("nybble", ["frontend=unknown"], ["frontend='unknown'", "api, chat, gradio, triton"]),
+    ("nybble", ["engine.max_batch_size=abc"], ["engine.max_batch_size='abc'", "an integer"]),
+    ("nybble", ["engine.max_batch_size=-1"], ["engine.max_batch_size=-1", "a positive integer"]),
+    ("nybble", ["--cfg", "job", "sampling.top_p=2"], ["sampling.top_p=2", "(0, 1]"]),
+    ("nybble", ["-m", "engine.max_batch_size=1,-3"], ["engine.max_batch_size=-3", "positive"]),
+    ("nybble-convert", ["model=internlm-tiny"], ["output is required", "output=<value>"]),
+    ("nybble-bench", ["task=nope"], ["task='nope'", "expected one of"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "args", "words"), BAD, ids=[" ".join([b[0], *b[1]]) for b in BAD])
+def test_bad_values_exit_2_with_one_line(tmp_path, name, args, words):
+    result = run([*command(name), *args], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chat_in_the_terminal(tmp_path):
+    """The main job: ``nybble model=internlm-tiny frontend=chat`` answers, resets, exits."""
+    args = ["model=internlm-tiny", "frontend=chat", "engine=cpu-small"]
+    args += ["sampling.max_new_tokens=4", "sampling.temperature=0"]
+    result = run([*command("nybble"), *args], tmp_path, stdin="hello\nreset\nhi again\nexit\n")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    out = result.stdout
+    assert out.startswith("nybble chat · internlm-tiny")
+    assert out.count("assistant> ") == 2 and "(new conversation)" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+class Recording:
+    """Passes calls to the real LLM and keeps the messages each chat call was given."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.calls: list[list[dict]] = []
+
+    def chat(self, messages, stream=False):
+        self.calls.append([dict(m) for m in messages])
+        return self.llm.chat(messages, stream=stream)
+
+
+def test_chat_keeps_history_until_reset():
+    from core.llm import LLM
+    from plugins.frontends import chat
+
+    cfg = compose_config(
+        ["engine=cpu-small", "sampling.temperature=0", "sampling.max_new_tokens=5"]
+    )
+    llm = Recording(LLM(cfg))
+    stdout = io.StringIO()
+    chat.launch(llm, cfg, stdin=io.StringIO("hello\n\nhow are you\nend\nbye\n"), stdout=stdout)
+
+    first, second, third = llm.calls  # the blank line asks nothing; EOF ends the loop
+    assert first == [{"role": "user", "content": "hello"}]
+    answer = second[1]["content"]
+    assert second == [
+        first[0],
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "how are you"},
+    ]
+    assert third == [{"role": "user", "content": "bye"}]  # "end" started a new conversation
+    # what was streamed to the terminal is the whole greedy answer
+    assert f"assistant> {answer}\n" in stdout.getvalue()
+    assert answer == llm.llm.chat(first).outputs[0].text
