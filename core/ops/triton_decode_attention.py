@@ -24,6 +24,7 @@ BLOCK_N = 32
 # aim for this many programs per SM at small batch; more splits only shrink the pieces
 PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64
+NUM_WARPS = 4
 
 
 @functools.cache
@@ -167,7 +168,7 @@ def decode_attention(
         out, part_acc, part_ml,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         scale_log2, h // hk, hk, d, splits,
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d, DIRECT=direct, num_warps=4,
+        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d, DIRECT=direct, num_warps=NUM_WARPS,
     )  # fmt: skip
     if not direct:
         _decode_reduce_kernel[(bsz, h)](
