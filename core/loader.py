@@ -181,6 +181,8 @@ def load_workspace_weights(model: nn.Module, path: Path, device: torch.device) -
         )
     for name, p in own.items():
         t = state[name]
+        if t.dtype.is_floating_point and p.dtype.is_floating_point:
+            t = t.to(p.dtype)  # a workspace stored in fp16 serves in fp32 on a CPU too
         if t.shape != p.shape or t.dtype != p.dtype:
             raise WeightShapeError(
                 f"{path}: workspace tensor {name} is {tuple(t.shape)} {t.dtype}, the model "

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 
 import torch
 
-from core.config import ModelConfig, NybbleConfig
+from core.config import NybbleConfig
 from core.cuda_graphs import DecodeGraphs
-from core.kernels import KernelTable
 from core.layers.attention_metadata import AttentionMetadata
-from core.loader import (
-    info_for,
-    init_dummy_on_device,
-    init_random,
-    is_workspace,
-    load_hf_weights,
-    load_workspace_weights,
-    model_config_from_hf,
-    read_workspace_config,
-    repack_on_meta,
-    resolve_format,
-)
+from core.model_builder import load_model
 from core.plugins import Registries
 from core.scheduler import ScheduledBatch
 
@@ -54,23 +40,11 @@ class ModelRunner:
         self.device = resolve_device(cfg.engine.device)
         self.dtype = resolve_dtype(cfg.engine.dtype, self.device)
         torch.manual_seed(cfg.engine.seed)
-        path = cfg.model.path
-        workspace = is_workspace(path)
-        if workspace:
-            ws = read_workspace_config(Path(path))
-            self.model_config = dataclasses.replace(cfg.model, **ws["model"])
-            self.format = regs.weight_formats.get(ws["format"])
-            self.format_params = ws["format_params"]
-        else:
-            info = info_for(path)
-            self.model_config = (
-                model_config_from_hf(cfg.model, info.hf_config) if info else cfg.model
-            )
-            self.format, self.format_params = resolve_format(
-                cfg.quant, regs.weight_formats, info
-            )
-        self.kernels = KernelTable(regs.kernels, cfg.kernels.backend, self.device)
-        self.model = self._build_model(regs, path, workspace)
+        loaded = load_model(cfg, regs, self.device, self.dtype)
+        self.model = loaded.model
+        self.model_config = loaded.model_config
+        self.format, self.format_params = loaded.format, loaded.format_params
+        self.kernels = loaded.kernels
         self.block_size = cfg.engine.block_size
         self.num_blocks = self._num_kv_blocks()
         self._allocate_kv_cache()
@@ -80,37 +54,7 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self, cfg.engine.max_graph_batch_size)
             self.graphs.capture()
 
-    # ---- building ------------------------------------------------------------------------
-    def _build_model(self, regs: Registries, path: str | None, workspace: bool) -> torch.nn.Module:
-        mc: ModelConfig = self.model_config
-        cls = regs.models.get(mc.architecture)
-        method = self.format.linear_method(self.format_params, self.kernels)
-        dummy = mc.load_format == "dummy" or (path is None and self.device.type == "cuda")
-        if workspace or dummy:
-            # final (repacked) layout straight away: build on meta, repack, then allocate
-            with torch.device("meta"):
-                model = cls(mc, method, self.kernels, self.dtype)
-            repack_on_meta(model)
-            model = model.to_empty(device=self.device)
-            if workspace:
-                load_workspace_weights(model, Path(path), self.device)
-            else:
-                init_dummy_on_device(model, mc.seed)
-        else:
-            model = cls(mc, method, self.kernels, self.dtype)
-            if path is None:
-                init_random(model, mc.seed)
-                for layer in (m for m in model.modules() if hasattr(m, "linear_method")):
-                    layer.linear_method.process_weights_after_loading(layer)
-            else:
-                load_hf_weights(model, Path(path), self.format)
-            model = model.to(self.device)
-        for buf_owner in model.modules():  # non-persistent buffers were left empty on meta
-            if hasattr(buf_owner, "exponents") and buf_owner.exponents.device != self.device:
-                buf_owner.exponents = buf_owner.exponents.to(self.device)
-        model.eval()
-        return model
-
+    # ---- KV cache ----------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
         mc = self.model_config
         head_dim = mc.hidden_size // mc.num_heads

@@ -28,9 +28,16 @@ class RotaryEmbedding(nn.Module):
         self.base = base
         self.dynamic = scaling == "dynamic"
         self.factor = scaling_factor
-        exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # (D/2,)
-        self.register_buffer("exponents", exponents.float(), persistent=False)
+        self.register_buffer("exponents", self._exponents(None), persistent=False)
         self._rotary = kernels.get("rotary")
+
+    def _exponents(self, device: torch.device | None) -> torch.Tensor:
+        d = self.head_dim
+        return (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d).float()  # (D/2,)
+
+    def reset_buffers(self, device: torch.device) -> None:
+        """Recompute the (not stored) exponents, e.g. after building on the meta device."""
+        self.exponents = self._exponents(device)
 
     def cos_sin(
         self, positions: torch.Tensor, seq_lens: torch.Tensor
