@@ -141,3 +141,30 @@ def test_chat_keeps_history_until_reset():
     # what was streamed to the terminal is the whole greedy answer
     assert f"assistant> {answer}\n" in stdout.getvalue()
     assert answer == llm.llm.chat(first).outputs[0].text
+
+
+def test_a_built_wheel_carries_the_configs(tmp_path):
+    """The supported install is `pip install -e .`, but a wheel must work too: conf/ travels
+    inside it as package data, and the commands find it there."""
+    src = tmp_path / "src"
+    for name in ("core", "plugins", "conf", "bench"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    dist, site, cwd = tmp_path / "dist", tmp_path / "site", tmp_path / "cwd"
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", dist, src]
+    subprocess.run(build, check=True, capture_output=True)
+    (wheel,) = dist.glob("nybble-*.whl")
+    install = [*pip, "install", "--no-deps", "--no-index", "--target", site, wheel]
+    subprocess.run(install, check=True, capture_output=True)
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(PYTHONPATH=str(site), NYBBLE_PLUGINS="none")
+    check = (
+        "import core.cli as c, os; assert c.__file__.startswith(os.environ['PYTHONPATH']); c.main()"
+    )
+    args = [sys.executable, "-c", check, "--cfg", "job", "model=internlm-chat-7b"]
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["bias"] is True
