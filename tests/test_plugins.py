@@ -336,3 +336,14 @@ def test_nybble_runs_the_example_frontend(hello_site, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "hello from internlm-tiny (hello-int8 weights): 'Hi' -> '" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_docs_show_the_example_as_it_is():
+    """docs/plugins.md quotes the example's modules; they must not drift apart."""
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    for name in ("plugin.py", "frontend.py", "int8.py"):
+        source = (EXAMPLE / "nybble_hello" / name).read_text()
+        if source.startswith('"""'):  # the module docstring is prose on the page
+            source = source[source.index('"""', 3) + 3 :]
+        assert source.strip() in docs, f"docs/plugins.md no longer shows nybble_hello/{name}"
+    assert '[project.entry-points.nybble]\nhello = "nybble_hello.plugin"' in docs
