@@ -2,12 +2,14 @@
 
 Weights are in the kernel layout of plugins/awq/layout.py; reference.py is the oracle. Paths:
 
-- ``fma`` (M = 1): each program owns BLOCK_N output rows and walks all of K, multiplying on the
-  CUDA cores; the [N, K/8] layout keeps narrow row blocks coalesced, so N / BLOCK_N programs
-  (320 or more for the internlm-chat-20b shapes) fill the SMs without split-K.
-- ``dot`` (any M): the same walk with ``tl.dot`` on the tensor cores, M padded to 16; small
-  BLOCK_N for decode-sized M, large tiles (and grouped program order for L2 reuse) for prefill.
-- ``dequant`` (large M): dequantize the whole weight to fp16 [N, K], then cuBLAS ``F.linear``.
+- ``fma`` (M = 1): each program owns BLOCK_N output rows and walks its share of K on the CUDA
+  cores; the [N, K/8] layout keeps narrow row blocks coalesced, so N / BLOCK_N programs (times
+  split-K for the short-N shapes, partial sums added with fp16 atomics) fill the SMs.
+- ``dot`` / ``dot_t`` (M up to 64): the same walk with ``tl.dot`` on the tensor cores, M padded
+  to 16, x as operand A (``dot``) or the dequantized weights as operand A (``dot_t``).
+- ``tile_dot`` / ``tile_fma``: variants that dequantize a whole [BN, 128] chunk with one
+  broadcast shift and reshape instead of eight 16-wide slices (kept for the sweep; slower on H100).
+- ``dequant`` (M > 64): dequantize the whole weight to fp16 [N, K], then cuBLAS ``F.linear``.
 
 Dequantization uses the fp16 magic number: OR-ing a nibble into the mantissa of 1024.0 (0x6400)
 gives 1024 + q exactly; OR-ing 0x64006400 after ``(q >> 4p) & 0x000F000F`` does it for two
@@ -29,18 +31,16 @@ import triton.language as tl
 
 from plugins.awq.reference import KCHUNK, PIECE
 
-# Batch sizes up to this use the decode configs (small BLOCK_N, many programs); above it the
-# prefill path. Chosen by bench/kernels.py (see bench/results/kernels-*.md).
+# Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
+# it prefill. From DEQUANT_MIN_M on, prefill dequantizes to fp16 and calls cuBLAS: the
+# bench/kernels.py --sweep on an H100 (bench/results/kernels-h100.md) measured, at M=256, 642 us
+# for the four internlm-chat-20b shapes that way vs 735 us for the best fused tiled config.
 DECODE_MAX_M = 64
-
-# From this M on, prefill dequantizes to fp16 and calls cuBLAS instead of the fused tiled
-# kernel. Chosen by bench/kernels.py (see bench/results/kernels-*.md).
-DEQUANT_MIN_M = 1 << 30
-
+DEQUANT_MIN_M = DECODE_MAX_M + 1
 
 # Kernel MODE per path: CUDA-core FMAs, tl.dot with x as operand A, tl.dot with the weights as
 # operand A (x^T as B), or dequantize + cuBLAS (no MODE).
-MODES = {"fma": 0, "dot": 1, "dot_t": 2}
+MODES = {"fma": 0, "dot": 1, "dot_t": 2, "tile_dot": 3, "tile_fma": 4}
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,27 @@ class Config:
 
 
 def default_config(m: int, n: int, k: int) -> Config:
-    """The configuration chosen by bench/kernels.py for an [M, K] x [K, N] product."""
+    """The configuration bench/kernels.py --sweep chose (H100) for an [M, K] x [K, N] product.
+
+    Decode needs several programs per SM to keep enough loads in flight: narrow rows and split-K
+    for the short-N shapes (o, down), wider rows for the long-N ones (qkv, gate_up).
+    """
     if m == 1:
-        return Config("fma", block_m=1, block_n=16, num_warps=4, num_stages=3)
+        if k > 8192:  # down 13824 -> 5120
+            return Config("fma", 1, 16, unroll=2, split_k=4)
+        if n <= 8192:  # o 5120 -> 5120
+            return Config("fma", 1, 16, unroll=4, split_k=2)
+        if n >= 20000:  # gate_up 5120 -> 27648
+            return Config("fma", 1, 32, num_warps=2, unroll=4)
+        return Config("fma", 1, 64, unroll=2, split_k=2)  # qkv 5120 -> 15360
+    if m <= 16:
+        return Config("dot", 16, 64, unroll=2, split_k=2)
     if m <= DECODE_MAX_M:
-        return Config("dot", block_m=16 if m <= 16 else 32 if m <= 32 else 64, block_n=32)
-    if m >= DEQUANT_MIN_M:
-        return Config("dequant", block_n=32)
-    return Config("dot", block_m=128, block_n=128, num_warps=8, num_stages=3)
+        block_m = 32 if m <= 32 else 64
+        if n <= 8192:
+            return Config("dot_t", block_m, 32, split_k=2)
+        return Config("dot_t", block_m, 64, num_stages=4)
+    return Config("dequant", block_n=32)
 
 
 @triton.jit
@@ -104,17 +117,39 @@ def _chunk(
     MODE: tl.constexpr,
 ):
     """Accumulate one 128-wide K chunk: q [BN, 16] int32 against x[:, chunk*128 : +128]."""
-    for j in tl.static_range(8):
-        if (j * 16) % GROUP == 0:
-            s, zz = _group_params(s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N)
-        w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
-        xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
-        if MODE == 1:
-            acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
-        elif MODE == 2:
-            acc = tl.dot(w, tl.trans(xj), acc)  # [BN, BM]: dequantized weights as operand A
+    if MODE >= 3:  # whole-chunk tile: one [BN, 128] dequant, one x load, one dot of K = 128
+        offs_j = tl.arange(0, 8)
+        if GROUP == 128:
+            s, zz = _group_params(s_ptr, z_ptr, chunk, offs_n, mask_n, N)
+            s3 = s[:, None, None]
+            zz3 = zz[:, None, None]
         else:
-            acc += w.to(tl.float32) * xj.to(tl.float32)  # BM == 1: [BN, 16]
+            g = (chunk * 128 + offs_j * 16) // GROUP  # [8] group of each 16-wide slice
+            s2, zz2 = _group_params(s_ptr, z_ptr, g[None, :], offs_n[:, None], mask_n[:, None], N)
+            s3 = s2[:, :, None]  # [BN, 8, 1]
+            zz3 = zz2[:, :, None]
+        v = ((q[:, None, :] >> (4 * offs_j)[None, :, None]) & 0xF) | 0x6400  # [BN, 8, 16]
+        w = (v.to(tl.int16).to(tl.float16, bitcast=True) - zz3) * s3  # k = j*16 + c
+        w = tl.reshape(w, (w.shape[0], 128))  # [BN, 128] in natural k order
+        xc = tl.load(x_ptrs + chunk * 128, mask=mask_m[:, None], other=0.0)  # [BM, 128]
+        if MODE == 3:
+            acc = tl.dot(xc, tl.trans(w), acc)  # [BM, BN]
+        else:
+            acc += w.to(tl.float32) * xc.to(tl.float32)  # BM == 1: [BN, 128]
+    else:
+        for j in tl.static_range(8):
+            if (j * 16) % GROUP == 0:
+                s, zz = _group_params(
+                    s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N
+                )
+            w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
+            xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
+            if MODE == 1:
+                acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
+            elif MODE == 2:
+                acc = tl.dot(w, tl.trans(xj), acc)  # [BN, BM]: dequantized weights as operand A
+            else:
+                acc += w.to(tl.float32) * xj.to(tl.float32)  # BM == 1: [BN, 16]
     return acc
 
 
@@ -154,13 +189,18 @@ def _awq_gemm_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     qw_ptrs = qw_ptr + offs_n[:, None] * (K // 8) + offs_c[None, :]  # [BN, 16]
-    x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :]  # [BM, 16]
-    if MODE == 1:
+    if MODE >= 3:
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + tl.arange(0, 128)[None, :]  # [BM, 128]
+    else:
+        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_c[None, :]  # [BM, 16]
+    if MODE == 1 or MODE == 3:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     elif MODE == 2:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
+    elif MODE == 0:
         acc = tl.zeros((BLOCK_N, 16), dtype=tl.float32)  # row sums taken at the end
+    else:
+        acc = tl.zeros((BLOCK_N, 128), dtype=tl.float32)
     chunks = K // 128 // SPLIT_K  # this program's share of K, in 128-wide chunks
     first = tl.program_id(1) * chunks
     for chunk0 in range(first, first + chunks, UNROLL):
@@ -183,7 +223,7 @@ def _awq_gemm_kernel(
             acc = _chunk(
                 acc, q3, chunk0 + 3, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE
             )
-    if MODE == 0:
+    if MODE == 0 or MODE == 4:
         acc = tl.sum(acc, axis=1)[None, :]  # [1, BN]
     elif MODE == 2:
         acc = tl.trans(acc)  # [BM, BN]
@@ -283,7 +323,9 @@ def awq_gemm(
     if cfg.path == "dequant":
         return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg.block_n))
     mode = MODES[cfg.path]
-    assert mode != 0 or cfg.block_m == 1, "the fma path computes one row per program (block_m=1)"
+    assert mode not in (0, 4) or cfg.block_m == 1, (
+        "the fma path computes one row per program (block_m=1)"
+    )
     split_k = cfg.split_k if (k // KCHUNK) % cfg.split_k == 0 else 1
     unroll = cfg.unroll if (k // KCHUNK // split_k) % cfg.unroll == 0 else 1
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)

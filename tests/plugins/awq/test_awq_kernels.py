@@ -30,10 +30,12 @@ def _configs(m: int) -> dict:
         "decode-dot_t-split": Config("dot_t", block_m=16, block_n=32, unroll=2, split_k=2),
         "prefill-dot": Config("dot", block_m=64, block_n=128, group_m=2),
         "dequant": Config("dequant", block_n=32),
+        "tile_fma": Config("tile_fma", block_m=1, block_n=16, split_k=2),
+        "tile_dot": Config("tile_dot", block_m=16, block_n=32, unroll=2),
     }
     names = {
-        1: ["fma", "fma-split", "decode-dot"],
-        3: ["decode-dot", "decode-dot_t-split"],
+        1: ["fma", "fma-split", "decode-dot", "tile_fma"],
+        3: ["decode-dot", "decode-dot_t-split", "tile_dot"],
         17: ["prefill-dot", "decode-dot"],
         64: ["prefill-dot", "dequant", "decode-dot_t-split"],
     }.get(m, list(all_configs))
@@ -97,6 +99,7 @@ def test_kernel_on_gpu(m, group_size, awq_weight):
     x = torch.randn(m, k, device="cuda").half()
     ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, group_size)
     configs = dict(_configs(m)) | {"default": None, "big": Config("dot", 128, 128, 8, 8, 3)}
+    configs["tile_dot-big"] = Config("tile_dot", 64, 64)
     for name, config in configs.items():
         y = awq_gemm(x, qweight, scales, qzeros, group_size, config=config)
         torch.cuda.synchronize()
