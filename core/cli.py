@@ -34,13 +34,14 @@ from core.plugins import PluginError
 from core.registry import RegistryError
 
 EXIT_USAGE = 2  # a bad setting or name: the user can fix the command line
+EXIT_DATA = 1  # a checkpoint that does not fit the config (missing tensor, wrong shape)
 USER_ERRORS = (ConfigError, RegistryError, PluginError)
 
 
-def fail(error: Exception) -> NoReturn:
-    """Print ``error: <message>`` to stderr and exit with status 2 (no traceback)."""
+def fail(error: Exception, status: int = EXIT_USAGE) -> NoReturn:
+    """Print ``error: <message>`` to stderr and exit with ``status`` (no traceback)."""
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    sys.exit(status)
 
 
 def serve(cfg: NybbleConfig) -> None:
@@ -103,10 +104,15 @@ def _run(config_name: str, job: Callable[[Any], None]) -> None:
         fail(e)
 
     def task(cfg: DictConfig) -> None:
+        from core.checkpoint import CheckpointError
+        from core.layers.linear import WeightShapeError
+
         try:
             job(check(cfg, config_name))
         except USER_ERRORS as e:
             fail(e)
+        except (CheckpointError, WeightShapeError) as e:  # their messages name file and fix
+            fail(e, EXIT_DATA)
 
     app = hydra.main(
         version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name

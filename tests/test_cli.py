@@ -168,3 +168,10 @@ def test_a_built_wheel_carries_the_configs(tmp_path):
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["model"]["bias"] is True
+
+
+def test_a_missing_checkpoint_is_one_line(tmp_path):
+    result = run([*command("nybble"), f"model.path={tmp_path / 'nowhere'}"], tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
