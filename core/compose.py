@@ -55,6 +55,9 @@ class BenchConfig(NybbleConfig):
     token_pairs: list[list[int]] = field(
         default_factory=lambda: [[1, 128], [128, 128], [128, 2048], [2048, 128], [2048, 2048]]
     )
+    # batch sizes at which token_throughput also times transformers' fp16 model (same shapes,
+    # same run) on the first token pair; [] = no baseline
+    baseline_batches: list[int] = field(default_factory=lambda: [1, 16])
     warmup_rounds: int = 1
     test_rounds: int = 3
     output_dir: str = "bench/results"  # CSV, plots and notes (with the GPU) go here
@@ -173,6 +176,8 @@ def validate_bench(cfg: BenchConfig) -> None:
     """Check the benchmark options (the groups are checked by core.config.validate)."""
     if not cfg.concurrency or any(c < 1 for c in cfg.concurrency):
         _fail("concurrency", cfg.concurrency, "a non-empty list of positive integers")
+    if any(b < 1 for b in cfg.baseline_batches):
+        _fail("baseline_batches", cfg.baseline_batches, "a list of positive integers (or [])")
     for pair in cfg.token_pairs:
         if len(pair) != 2 or pair[0] < 0 or pair[1] < 1:
             _fail(
