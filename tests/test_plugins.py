@@ -347,3 +347,11 @@ def test_docs_show_the_example_as_it_is():
             source = source[source.index('"""', 3) + 3 :]
         assert source.strip() in docs, f"docs/plugins.md no longer shows nybble_hello/{name}"
     assert '[project.entry-points.nybble]\nhello = "nybble_hello.plugin"' in docs
+
+
+def test_a_frontend_whose_module_is_missing_says_so():
+    from plugins.frontends.plugin import lazy_launcher
+
+    with pytest.raises(PluginError) as err:
+        lazy_launcher("grpc", "plugins.frontends.grpc")(None, None)
+    assert "frontend 'grpc' is not available" in str(err.value) and "chat" in str(err.value)
