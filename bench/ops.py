@@ -9,6 +9,8 @@ Prints the GPU, versions and copy bandwidth, then one table; writes a CSV (``--o
     PYTHONPATH=. python bench/ops.py [--out bench/results] [--sweep]
 """
 
+# ruff: noqa: B023 (every lambda here is timed at once, inside its loop iteration)
+
 from __future__ import annotations
 
 import argparse
@@ -53,6 +55,7 @@ def graph_ms(fn, layers: int) -> float:
         for i in range(layers):
             fn(i)
 
+    torch.cuda.synchronize()  # do_bench_cudagraph runs on a side stream: inputs must be ready
     return do_bench_cudagraph(run_all, rep=50, return_mode="median") / layers
 
 
@@ -78,7 +81,7 @@ def paged_cache(batch: int, ctx: int, layers: int):
 def bench_decode(bw: float, sweep: bool) -> None:
     configs = [(decode_mod.BLOCK_N, decode_mod.PROGRAMS_PER_SM, decode_mod.NUM_WARPS)]
     if sweep:
-        configs += [(16, 4, 4), (64, 4, 4), (32, 2, 4), (32, 8, 4), (32, 4, 8), (64, 8, 8)]
+        configs += [(32, 4, 4), (32, 8, 4), (64, 2, 4), (64, 8, 4), (128, 4, 8), (128, 8, 8)]
     default = configs[0]
     for batch, ctx in [(1, 256), (1, 1024), (1, 4096), (16, 512), (16, 1024), (64, 1024)]:
         kv_bytes = 2 * batch * ctx * H * D * 2
@@ -94,7 +97,7 @@ def bench_decode(bw: float, sweep: bool) -> None:
             )
             ms = graph_ms(
                 lambda i: decode_mod.decode_attention(q, *caches[i], tables, lens, D**-0.5), layers
-            )  # noqa: B023
+            )
             splits = decode_mod.num_splits(batch, H, MAX_BLOCKS * BS, q.device)
             record(
                 "decode_attn",
@@ -110,7 +113,7 @@ def bench_decode(bw: float, sweep: bool) -> None:
         kv = [(torch.randn(batch, H, ctx, D, device="cuda", dtype=torch.float16),
                torch.randn(batch, H, ctx, D, device="cuda", dtype=torch.float16)) for _ in range(layers)]  # fmt: skip
         q4 = q[:, :, None, :]  # (B, H, 1, D)
-        ms = graph_ms(lambda i: F.scaled_dot_product_attention(q4, *kv[i]), layers)  # noqa: B023
+        ms = graph_ms(lambda i: F.scaled_dot_product_attention(q4, *kv[i]), layers)
         record("decode_attn", shape, "torch SDPA (contiguous KV)", ms, kv_bytes, bw)
         kv.clear()
 
@@ -132,8 +135,8 @@ def bench_prefill(bw: float, sweep: bool) -> None:
         flops = sum(2 * 2 * n * n * H * D // 2 for n in lens)
         for bm, bn, warps, stages in dict.fromkeys(tiles):
             prefill_mod.NUM_WARPS, prefill_mod.NUM_STAGES = warps, stages
-            ms = do_bench(lambda: prefill_mod.prefill_attention(  # noqa: B023
-                q, *caches[0], tables, ctx, qsl, max(lens), D**-0.5, block_m=bm, block_n=bn),  # noqa: B023
+            ms = do_bench(lambda: prefill_mod.prefill_attention(
+                q, *caches[0], tables, ctx, qsl, max(lens), D**-0.5, block_m=bm, block_n=bn),
                 return_mode="median")  # fmt: skip
             record(
                 "prefill_attn",
@@ -146,7 +149,7 @@ def bench_prefill(bw: float, sweep: bool) -> None:
         prefill_mod.NUM_WARPS, prefill_mod.NUM_STAGES = default[2], default[3]
         # baseline: causal SDPA per sequence on contiguous K/V, what a non-paged engine runs
         qkv = [torch.randn(3, 1, H, n, D, device="cuda", dtype=torch.float16) for n in lens]
-        ms = do_bench(lambda: [F.scaled_dot_product_attention(*x, is_causal=True) for x in qkv],  # noqa: B023
+        ms = do_bench(lambda: [F.scaled_dot_product_attention(*x, is_causal=True) for x in qkv],
                       return_mode="median")  # fmt: skip
         record(
             "prefill_attn", shape, f"torch SDPA causal ({flops / ms / 1e9:.0f} TFLOP/s)", ms, 0, bw
@@ -162,10 +165,10 @@ def bench_elementwise(bw: float) -> None:
         rs = [torch.randn(t, HIDDEN, device="cuda", dtype=h) for _ in range(layers)]
         w = torch.randn(HIDDEN, device="cuda", dtype=h)
         for impl, fn in (("triton", add_rms_norm), ("torch ref", reference.add_rms_norm)):
-            ms = graph_ms(lambda i: fn(xs[i], rs[i], w, 1e-6), layers)  # noqa: B023
+            ms = graph_ms(lambda i: fn(xs[i], rs[i], w, 1e-6), layers)
             record("add_rms_norm", f"T={t} H={HIDDEN}", impl, ms, 4 * nb, bw)
         for impl, fn in (("triton", rms_norm), ("torch ref", reference.rms_norm)):
-            ms = graph_ms(lambda i: fn(xs[i], w, 1e-6), layers)  # noqa: B023
+            ms = graph_ms(lambda i: fn(xs[i], w, 1e-6), layers)
             record("rms_norm", f"T={t} H={HIDDEN}", impl, ms, 2 * nb, bw)
 
         gu = [
@@ -173,7 +176,7 @@ def bench_elementwise(bw: float) -> None:
             for _ in range(layers_for(t * INTER * 6))
         ]
         for impl, fn in (("triton", silu_mul), ("torch ref", reference.silu_mul)):
-            ms = graph_ms(lambda i: fn(gu[i]), len(gu))  # noqa: B023
+            ms = graph_ms(lambda i: fn(gu[i]), len(gu))
             record("silu_mul", f"T={t} I={INTER}", impl, ms, t * INTER * 6, bw)
 
         qkv = [
@@ -186,7 +189,7 @@ def bench_elementwise(bw: float) -> None:
             (x[:, :HIDDEN].view(t, H, D), x[:, HIDDEN : 2 * HIDDEN].view(t, H, D)) for x in qkv
         ]
         for impl, fn in (("triton", rotary), ("torch ref", reference.rotary)):
-            ms = graph_ms(lambda i: fn(*views[i], cos, sin), len(views))  # noqa: B023
+            ms = graph_ms(lambda i: fn(*views[i], cos, sin), len(views))
             record("rotary", f"T={t} H={H}", impl, ms, t * HIDDEN * 8, bw)
 
         kc = [(torch.empty(256 + t, BS, H, D, device="cuda", dtype=h),
@@ -195,8 +198,14 @@ def bench_elementwise(bw: float) -> None:
         kvv = [
             (x[:, HIDDEN : 2 * HIDDEN].view(t, H, D), x[:, 2 * HIDDEN :].view(t, H, D)) for x in qkv
         ]
-        for impl, fn in (("triton", store_kv), ("torch ref", reference.store_kv)):
-            ms = graph_ms(lambda i: fn(*kvv[i], *kc[i], slots), len(kc))  # noqa: B023
+
+        def index_copy_kv(k, v, k_cache, v_cache, slot_mapping):
+            # graph-safe torch baseline (the reference's boolean mask syncs the host)
+            k_cache.view(-1, H, D).index_copy_(0, slot_mapping, k)
+            v_cache.view(-1, H, D).index_copy_(0, slot_mapping, v)
+
+        for impl, fn in (("triton", store_kv), ("torch index_copy_", index_copy_kv)):
+            ms = graph_ms(lambda i: fn(*kvv[i], *kc[i], slots), len(kc))
             record("store_kv", f"T={t} Hk={H}", impl, ms, t * HIDDEN * 8, bw)
 
 
@@ -204,13 +213,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="bench/results")
     ap.add_argument("--sweep", action="store_true", help="also time the other tile configs")
+    ap.add_argument("--ops", default="elementwise,decode,prefill", help="comma-separated groups")
     args = ap.parse_args()
     name = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     print(f"{name} · torch {torch.__version__} · triton {triton.__version__} · copy {bw:.0f} GB/s")
-    bench_elementwise(bw)
-    bench_decode(bw, args.sweep)
-    bench_prefill(bw, args.sweep)
+    groups = args.ops.split(",")
+    if "elementwise" in groups:
+        bench_elementwise(bw)
+    if "decode" in groups:
+        bench_decode(bw, args.sweep)
+    if "prefill" in groups:
+        bench_prefill(bw, args.sweep)
     width = max(len(r["impl"]) for r in ROWS)
     print(f"{'op':<13} {'shape':<18} {'impl':<{width}} {'us':>9} {'GB/s':>6} {'frac':>6}")
     for r in ROWS:

@@ -1,9 +1,12 @@
 """Triton split-KV (flash-decoding) attention for decode steps: one new token per sequence.
 
 A batch of one sequence has only H (40) query rows, far too few programs for 132 SMs if each
-walked its whole context. So the context is cut into ``num_splits`` pieces: grid (B, H, S),
+walked its whole context. So the context is cut into ``num_splits`` pieces: grid (H, B, S),
 each program runs an online softmax over its piece and writes an unnormalised partial
-(acc [D], running max m, sum l); a second kernel, grid (B, H), merges the S partials.
+(acc [D], running max m, sum l); a second kernel, grid (H, B), merges the S partials. Heads
+are the fastest grid axis, so programs running side by side read neighbouring 256-byte rows of
+the same cache tokens ([NB, BS, Hk, D] keeps a token's heads together); against (B, H, S) order
+this measured the same on an H100 (bench/results/ops-H100-80GB-HBM3.md).
 
 CUDA-graph safety: the grid depends only on B, H and ``block_tables.shape[1]`` (static in graph
 mode); each program reads its sequence's live length from ``context_lens`` on the device and
@@ -19,9 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-# context tokens per inner step of a split program (bench/ops.py, decode attention sweep)
-BLOCK_N = 32
-# aim for this many programs per SM at small batch; more splits only shrink the pieces
+# Context tokens per inner step of a split program, and the programs per SM that the split
+# count aims for at small batch: bench/ops.py --sweep on an H100 (bench/results/ops-*.md);
+# BLOCK_N 64 wins at batch >= 16 (0.65-0.72 of copy bandwidth vs 0.54-0.66 for 32), the split
+# target is a compromise (8 is faster at batch 1 with 1024 context, slower at batch 16).
+BLOCK_N = 64
 PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64
 NUM_WARPS = 4
@@ -49,8 +54,8 @@ def _decode_split_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DIRECT: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
+    h = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
     kvh = h // num_kv_groups
     ctx = tl.load(context_lens_ptr + b)
@@ -91,7 +96,7 @@ def _decode_split_kernel(
         dst = out_ptr + b * stride_ot + h * stride_oh + offs_d
         tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=mask_d)
     else:
-        part = (b * tl.num_programs(1) + h) * num_splits + split
+        part = (b * tl.num_programs(0) + h) * num_splits + split
         tl.store(part_acc_ptr + part * BLOCK_D + offs_d, acc)
         tl.store(part_ml_ptr + part * 2, m_i)
         tl.store(part_ml_ptr + part * 2 + 1, l_i)
@@ -103,12 +108,12 @@ def _decode_reduce_kernel(
     stride_ot, stride_oh, head_dim, num_splits,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
+    h = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     mask_s = offs_s < num_splits
     offs_d = tl.arange(0, BLOCK_D)
-    part = (b * tl.num_programs(1) + h) * num_splits + offs_s  # (BS,)
+    part = (b * tl.num_programs(0) + h) * num_splits + offs_s  # (BS,)
     m = tl.load(part_ml_ptr + part * 2, mask=mask_s, other=-float("inf"))
     l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=mask_s, other=0.0)
     # empty splits carry m = -inf; a floor keeps exp2 finite when every split is empty
@@ -163,7 +168,7 @@ def decode_attention(
     else:
         part_acc = torch.empty((bsz, h, splits, block_d), dtype=torch.float32, device=q.device)
         part_ml = torch.empty((bsz, h, splits, 2), dtype=torch.float32, device=q.device)
-    _decode_split_kernel[(bsz, h, splits)](
+    _decode_split_kernel[(h, bsz, splits)](
         q, k_cache, v_cache, block_tables, context_lens,
         out, part_acc, part_ml,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
@@ -171,7 +176,7 @@ def decode_attention(
         BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d, DIRECT=direct, num_warps=NUM_WARPS,
     )  # fmt: skip
     if not direct:
-        _decode_reduce_kernel[(bsz, h)](
+        _decode_reduce_kernel[(h, bsz)](
             part_acc, part_ml, out,
             out.stride(0), out.stride(1), d, splits,
             BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,

@@ -7,6 +7,13 @@ one head, walks the sequence's cached context through its block table in BLOCK_N
 the tile holding its last visible position. New token i of a sequence with C cached tokens and Q
 new ones sits at position C - Q + i and sees positions 0..C - Q + i, so tokens already in the
 cache (prefix caching, earlier chunks) are read like any others.
+
+Against torch SDPA (flash, causal, contiguous K/V: no paging, no gather) on an H100 at 40 x 128
+heads (bench/results/ops-H100-80GB-HBM3.md): 16.7 vs 13.4 us for one 256-token prompt, 74 vs
+77 us for four 512-token prompts, 68 vs 40 us at 1024 and 189 vs 105 us at 2048. SDPA would
+first need K/V gathered out of the paged cache (and a loop or a varlen API per sequence); at
+internlm-chat-20b sizes attention is about 1 ms of a 256-token prefill's 60 layers, so the
+paged kernel stays the one path.
 """
 
 from __future__ import annotations
