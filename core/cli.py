@@ -10,6 +10,7 @@ option, a wrong type, an out-of-range number) ends the command with exit status 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -122,6 +123,9 @@ def _run(config_name: str, job: Callable[[Any], None]) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `nybble --help | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def main() -> None:
