@@ -2,7 +2,7 @@
 
 Each command runs in a subprocess from an empty folder (which must stay empty: the commands
 write no outputs/ or log files there). The installed console scripts are used where they are
-on PATH; otherwise the same entry points run through ``python -c``.
+beside the running Python; otherwise the same entry points run through ``python -c``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ ENTRY_POINTS = {"nybble": "main", "nybble-convert": "convert_main", "nybble-benc
 
 
 def command(name: str) -> list[str]:
-    script = shutil.which(name)
-    if script:
-        return [script]
+    """The console script installed beside this Python, else the same entry point via -c."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
     return [
         sys.executable,
         "-c",

@@ -322,8 +322,8 @@ def test_example_weight_format_repacks_on_meta(int8_format):
 
 
 def test_nybble_runs_the_example_frontend(hello_site, tmp_path):
-    script = shutil.which("nybble")
-    cmd = [script] if script else [sys.executable, "-m", "core.cli"]
+    script = Path(sys.executable).parent / "nybble"  # the console script of this Python
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "core.cli"]
     args = ["model=internlm-tiny", "engine=cpu-small", "frontend=hello", "quant=hello-int8"]
     result = subprocess.run(
         [*cmd, *args, "+frontend.extra.prompt=Hi"],
