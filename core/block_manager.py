@@ -20,7 +20,9 @@ class BlockManager:
     blocks are evicted least-recently-freed first when free blocks run out.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
+    ) -> None:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -114,7 +116,9 @@ class BlockManager:
         num_full = seq.num_computed_tokens // bs
         while len(hashes) < num_full:
             i = len(hashes)
-            h = block_hash(hashes[-1] if hashes else None, tuple(seq.token_ids[i * bs : (i + 1) * bs]))
+            h = block_hash(
+                hashes[-1] if hashes else None, tuple(seq.token_ids[i * bs : (i + 1) * bs])
+            )
             hashes.append(h)
             block = seq.block_table[i]
             if self.block_hashes[block] is None and h not in self.hash_to_block:

@@ -154,13 +154,22 @@ def validate(cfg: NybbleConfig) -> NybbleConfig:
 
     regs = get_registries()
     m, e, s, q = cfg.model, cfg.engine, cfg.sampling, cfg.quant
-    for key in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "vocab_size",
-                "max_position_embeddings", "session_len"):
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "vocab_size",
+        "max_position_embeddings",
+        "session_len",
+    ):
         _positive(f"model.{key}", getattr(m, key))
     if m.num_kv_heads is not None:
         _positive("model.num_kv_heads", m.num_kv_heads)
         if m.num_heads % m.num_kv_heads:
-            _fail("model.num_kv_heads", m.num_kv_heads, f"a divisor of model.num_heads={m.num_heads}")
+            _fail(
+                "model.num_kv_heads", m.num_kv_heads, f"a divisor of model.num_heads={m.num_heads}"
+            )
     if m.hidden_size % m.num_heads:
         _fail("model.num_heads", m.num_heads, f"a divisor of model.hidden_size={m.hidden_size}")
     if m.architecture not in regs.models:
@@ -178,8 +187,14 @@ def validate(cfg: NybbleConfig) -> NybbleConfig:
     _choice("kernels.backend", cfg.kernels.backend, BACKENDS)
     _choice("engine.device", e.device, DEVICES)
     _choice("engine.dtype", e.dtype, DTYPES)
-    for key in ("max_batch_size", "max_num_batched_tokens", "block_size", "cpu_kv_cache_bytes",
-                "max_graph_batch_size", "tensor_parallel_size"):
+    for key in (
+        "max_batch_size",
+        "max_num_batched_tokens",
+        "block_size",
+        "cpu_kv_cache_bytes",
+        "max_graph_batch_size",
+        "tensor_parallel_size",
+    ):
         _positive(f"engine.{key}", getattr(e, key))
     if e.num_kv_blocks is not None:
         _positive("engine.num_kv_blocks", e.num_kv_blocks)

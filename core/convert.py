@@ -49,17 +49,25 @@ def convert(cfg: Any, regs: Registries | None = None) -> Path:
     regs = regs or get_registries()
     src = cfg.model.path
     if src is None:
-        raise CheckpointError("model.path is not set: nybble-convert model.path=<hf folder> output=<folder>")
+        raise CheckpointError(
+            "model.path is not set: nybble-convert model.path=<hf folder> output=<folder>"
+        )
     if is_workspace(src):
-        raise CheckpointError(f"model.path={src} is already a workspace; serve it with nybble model.path={src}")
+        raise CheckpointError(
+            f"model.path={src} is already a workspace; serve it with nybble model.path={src}"
+        )
     out = Path(cfg.output)
     _check_output(out, getattr(cfg, "overwrite", False))
     device = torch.device("cpu")
     dtype = resolve_dtype(cfg.engine.dtype if cfg.engine.dtype != "auto" else "float16", device)
-    base = NybbleConfig(model=cfg.model, quant=cfg.quant, kernels=dataclasses.replace(cfg.kernels, backend="torch"))
+    base = NybbleConfig(
+        model=cfg.model, quant=cfg.quant, kernels=dataclasses.replace(cfg.kernels, backend="torch")
+    )
     loaded = load_model(base, regs, device, dtype)
     state = {}
-    for name, p in tqdm(sorted(loaded.model.named_parameters()), desc="packing", unit="tensor", leave=False):
+    for name, p in tqdm(
+        sorted(loaded.model.named_parameters()), desc="packing", unit="tensor", leave=False
+    ):
         state[name] = p.detach().contiguous()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -85,7 +85,9 @@ class DecodeGraphs:
         self.input_ids[:bs].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
         self.positions[:bs].copy_(torch.tensor(pos + [0] * pad), non_blocking=True)
         self.slot_mapping[:bs].copy_(torch.tensor(slots + [-1] * pad), non_blocking=True)
-        self.context_lens[:bs].copy_(torch.tensor(ctx + [1] * pad, dtype=torch.int32), non_blocking=True)
+        self.context_lens[:bs].copy_(
+            torch.tensor(ctx + [1] * pad, dtype=torch.int32), non_blocking=True
+        )
         mb = self.block_tables.shape[1]
         tables = torch.zeros((bs, mb), dtype=torch.int32)
         for i, seq in enumerate(batch.seqs):

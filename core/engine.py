@@ -16,7 +16,7 @@ from core.plugins import Registries, get_registries
 from core.sampler import Sampler, SamplingBatch, make_generator
 from core.sampling_params import SamplingParams
 from core.scheduler import Scheduler
-from core.sequence import Sequence, SequenceStatus
+from core.sequence import Sequence
 from core.stop_strings import StopStringMatcher
 from core.tokenizer import load_tokenizer
 
@@ -101,7 +101,9 @@ class Engine:
             ids, text = list(prompt), None
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in ids):
-            raise RequestError(f"prompt token ids must be in [0, {vocab}); got {[t for t in ids if not 0 <= t < vocab][:5]}")
+            raise RequestError(
+                f"prompt token ids must be in [0, {vocab}); got {[t for t in ids if not 0 <= t < vocab][:5]}"
+            )
         if session_id is not None:
             ids = self.sessions.get(session_id, []) + ids
         if not ids:
@@ -176,10 +178,14 @@ class Engine:
             return []
         t0 = time.monotonic()
         num_prefill = sum(
-            n for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens < s.num_prompt_tokens
+            n
+            for s, n in zip(batch.seqs, batch.num_tokens)
+            if s.num_computed_tokens < s.num_prompt_tokens
         )
         logits = self.runner.execute(batch)
-        sampling = [s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s)]
+        sampling = [
+            s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s)
+        ]
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
             self.block_manager.commit_full_blocks(seq)
@@ -237,7 +243,9 @@ class Engine:
                     st.pending_text += st.stops.feed(st.detok.flush())[0]
                     st.pending_text += st.stops.flush()
                 self.scheduler.finish(seq)
-        self.stats.on_tokens(sum(len(st.seq.output_token_ids) - st.emitted_tokens for st in req.states))
+        self.stats.on_tokens(
+            sum(len(st.seq.output_token_ids) - st.emitted_tokens for st in req.states)
+        )
         if all(st.seq.is_finished for st in req.states):
             return self._finish_request(req)
         return self._report(req)
@@ -271,7 +279,9 @@ class Engine:
             completion_tokens=sum(st.seq.num_output_tokens for st in req.states),
             cached_tokens=first.num_cached_prompt_tokens,
         )
-        return RequestOutput(req.request_id, req.prompt_ids, outs, finished, usage, req.session_id, req.prompt)
+        return RequestOutput(
+            req.request_id, req.prompt_ids, outs, finished, usage, req.session_id, req.prompt
+        )
 
     def _finish_request(self, req: _Request) -> RequestOutput:
         self.requests.pop(req.request_id, None)

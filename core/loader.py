@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +142,18 @@ def init_random(model: nn.Module, seed: int) -> None:
             p.data.copy_(values.to(p.device, p.dtype))
         else:
             info = torch.iinfo(p.dtype)
-            p.data.copy_(torch.randint(info.min, info.max, p.shape, generator=gen, dtype=torch.int64).to(p.device, p.dtype))
+            p.data.copy_(
+                torch.randint(info.min, info.max, p.shape, generator=gen, dtype=torch.int64).to(
+                    p.device, p.dtype
+                )
+            )
 
 
 @torch.no_grad()
 def init_dummy_on_device(model: nn.Module, seed: int) -> None:
     """Like init_random, but drawn on the model's device (20B-sized weights in seconds)."""
     for name, p in model.named_parameters():
-        gen = torch.Generator(device=p.device).manual_seed(seed + hash(name) % 10_000)
+        gen = torch.Generator(device=p.device).manual_seed(seed + zlib.crc32(name.encode()))
         if p.dtype.is_floating_point:
             p.normal_(0.0, 1.0, generator=gen)
             if name.endswith("norm.weight"):

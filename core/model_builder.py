@@ -39,7 +39,9 @@ class LoadedModel:
     kernels: KernelTable
 
 
-def load_model(cfg: NybbleConfig, regs: Registries, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def load_model(
+    cfg: NybbleConfig, regs: Registries, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
     """The model of ``cfg.model`` on ``device``, weights in the kernels' layout.
 
     Weights come from a workspace (read as stored), a Hugging Face folder (loaded, fused and

@@ -95,7 +95,9 @@ class ModelRunner:
             attn.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
 
     # ---- running -------------------------------------------------------------------------
-    def prepare(self, batch: ScheduledBatch) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    def prepare(
+        self, batch: ScheduledBatch
+    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         """Flatten the batch: input ids, positions, attention metadata, rows to sample."""
         ids: list[int] = []
         positions: list[int] = []

@@ -23,7 +23,10 @@ class ScheduledBatch:
 
     @property
     def is_decode(self) -> bool:
-        return all(n == 1 and s.num_computed_tokens == len(s) - 1 for s, n in zip(self.seqs, self.num_tokens))
+        return all(
+            n == 1 and s.num_computed_tokens == len(s) - 1
+            for s, n in zip(self.seqs, self.num_tokens)
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -39,7 +42,9 @@ class Scheduler:
     recomputed later (its full blocks usually come back from the prefix cache).
     """
 
-    def __init__(self, block_manager: BlockManager, max_batch_size: int, max_num_batched_tokens: int) -> None:
+    def __init__(
+        self, block_manager: BlockManager, max_batch_size: int, max_num_batched_tokens: int
+    ) -> None:
         self.block_manager = block_manager
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens

@@ -55,7 +55,9 @@ def dequantized_state(awq: Path, group_size: int) -> dict[str, torch.Tensor]:
     for name, t in state.items():
         if name.endswith(".qweight"):
             m = name[: -len(".qweight")]
-            w = dequantize_awq(t, state[f"{m}.qzeros"], state[f"{m}.scales"], group_size)  # [in, out]
+            w = dequantize_awq(
+                t, state[f"{m}.qzeros"], state[f"{m}.scales"], group_size
+            )  # [in, out]
             dense[f"{m}.weight"] = w.t().float()
         elif not name.endswith((".qzeros", ".scales")):
             dense[name] = t.float()

@@ -13,7 +13,10 @@ from core.config import EngineConfig, ModelConfig, NybbleConfig
 
 # the real InternLM tokenizer and configs, beside the checkout (never copied into it)
 SHARED_DATA = Path(
-    os.environ.get("NYBBLE_INTERNLM_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "internlm")
+    os.environ.get(
+        "NYBBLE_INTERNLM_DATA",
+        Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "internlm",
+    )
 )
 TOKENIZER_PATH = SHARED_DATA / "tokenizer.model"
 
@@ -29,11 +32,15 @@ def tiny_model_config(**changes) -> ModelConfig:
 
 def tiny_config(model: ModelConfig | None = None, **engine) -> NybbleConfig:
     """A plain config (no Hydra) for the tiny model on the CPU in fp32."""
-    eng = EngineConfig(device="cpu", dtype="float32", **{"block_size": 4, "num_kv_blocks": 256, **engine})
+    eng = EngineConfig(
+        device="cpu", dtype="float32", **{"block_size": 4, "num_kv_blocks": 256, **engine}
+    )
     return NybbleConfig(model=model or tiny_model_config(), engine=eng)
 
 
-def write_llama_checkpoint(path: Path, bias: bool, seed: int = 0, rope_scaling: dict | None = None, **sizes) -> "torch.nn.Module":
+def write_llama_checkpoint(
+    path: Path, bias: bool, seed: int = 0, rope_scaling: dict | None = None, **sizes
+) -> torch.nn.Module:
     """Save a random transformers LlamaForCausalLM as an InternLM checkpoint (same tensor
     names); return the Llama model, the independent reference."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -67,5 +74,7 @@ def write_llama_checkpoint(path: Path, bias: bool, seed: int = 0, rope_scaling: 
 @pytest.fixture
 def tokenizer_path() -> Path:
     if not TOKENIZER_PATH.exists():
-        pytest.skip(f"the real InternLM tokenizer is not at {TOKENIZER_PATH} (set NYBBLE_INTERNLM_DATA)")
+        pytest.skip(
+            f"the real InternLM tokenizer is not at {TOKENIZER_PATH} (set NYBBLE_INTERNLM_DATA)"
+        )
     return TOKENIZER_PATH

@@ -30,7 +30,9 @@ def convert_cfg(src, out, **model) -> ConvertConfig:
 
 
 def runner_for(path, **model):
-    return ModelRunner(tiny_config(tiny_model_config(path=str(path), **SIZES, **model)), get_registries())
+    return ModelRunner(
+        tiny_config(tiny_model_config(path=str(path), **SIZES, **model)), get_registries()
+    )
 
 
 def digest(folder):
@@ -66,7 +68,9 @@ def test_workspace_load_does_no_repacking(tmp_path, monkeypatch):
 
     # the repack runs on meta tensors only: patch the data-touching packer to fail on real ones
     real = awq_format.repack_qweight
-    monkeypatch.setattr(awq_format, "repack_qweight", lambda t: real(t) if t.is_meta else no_repack())
+    monkeypatch.setattr(
+        awq_format, "repack_qweight", lambda t: real(t) if t.is_meta else no_repack()
+    )
     runner_for(ws)
 
 

@@ -99,7 +99,10 @@ def test_abort_frees_every_block_at_any_moment():
 
 def test_too_long_requests_are_rejected_up_front_with_the_sizes():
     engine = make_engine()
-    with pytest.raises(RequestError, match=r"prompt \(500 tokens\) \+ max_tokens \(100\) = 600 exceeds session_len=512"):
+    with pytest.raises(
+        RequestError,
+        match=r"prompt \(500 tokens\) \+ max_tokens \(100\) = 600 exceeds session_len=512",
+    ):
         engine.add_request([5] * 500, greedy(100))
     with pytest.raises(RequestError, match="more than session_len=512"):
         engine.add_request([5] * 600, greedy(1))
@@ -113,7 +116,9 @@ def test_too_long_requests_are_rejected_up_front_with_the_sizes():
 
 def test_max_tokens_none_runs_to_the_session_limit():
     engine = make_engine()
-    engine.add_request([5] * 500, SamplingParams(temperature=0, max_tokens=None, ignore_eos=True), "x")
+    engine.add_request(
+        [5] * 500, SamplingParams(temperature=0, max_tokens=None, ignore_eos=True), "x"
+    )
     out = run_all(engine)["x"]
     assert len(out.outputs[0].token_ids) == 12 and out.outputs[0].finish_reason == "length"
 
@@ -123,14 +128,18 @@ def test_seeded_sampling_is_reproducible_whatever_else_is_in_the_batch():
     want = alone(PROMPTS[2], params)
     engine = make_engine()
     for i, p in enumerate(PROMPTS):
-        engine.add_request(p, SamplingParams(temperature=1.0, max_tokens=10, ignore_eos=True), f"noise{i}")
+        engine.add_request(
+            p, SamplingParams(temperature=1.0, max_tokens=10, ignore_eos=True), f"noise{i}"
+        )
     engine.add_request(PROMPTS[2], params, "seeded")
     assert run_all(engine)["seeded"].outputs[0].token_ids == want
 
 
 def test_n_sequences_share_the_prompt_and_differ():
     engine = make_engine()
-    engine.add_request(PROMPTS[1], SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=7, ignore_eos=True), "x")
+    engine.add_request(
+        PROMPTS[1], SamplingParams(n=3, temperature=1.0, max_tokens=6, seed=7, ignore_eos=True), "x"
+    )
     out = run_all(engine)["x"]
     assert [o.index for o in out.outputs] == [0, 1, 2]
     assert len({tuple(o.token_ids) for o in out.outputs}) > 1

@@ -58,7 +58,12 @@ def test_chat_turns_of_a_session_reuse_the_prefix_cache(llm):
 def test_streaming_chinese_and_emoji_gives_whole_characters(tokenizer_path):
     """With the real tokenizer, a random model emits byte-fallback pieces: deltas must still be
     whole UTF-8 characters, and add up to the decoded text."""
-    mc = tiny_model_config(vocab_size=103168, tokenizer=str(tokenizer_path), session_len=512, max_position_embeddings=512)
+    mc = tiny_model_config(
+        vocab_size=103168,
+        tokenizer=str(tokenizer_path),
+        session_len=512,
+        max_position_embeddings=512,
+    )
     llm = LLM(tiny_config(mc))
     prompt = "你好，世界 😀👍🏽 " * 3
     params = SamplingParams(temperature=1.0, max_tokens=60, seed=3, ignore_eos=True)
@@ -70,4 +75,3 @@ def test_streaming_chinese_and_emoji_gives_whole_characters(tokenizer_path):
         assert "\ufffd" not in d or "\ufffd" in llm.tokenizer.decode(ids)
     # the prompt's own characters round-trip through the tokenizer
     assert llm.tokenizer.decode(llm.tokenizer.encode(prompt)) == prompt
-

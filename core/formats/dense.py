@@ -14,8 +14,12 @@ from core.weight_format import CheckpointInfo, LinearMethod, WeightFormat, set_w
 class DenseLinearMethod(LinearMethod):
     """Weight ``[out, in]`` exactly as Hugging Face stores it; ``F.linear`` applies it."""
 
-    def create_weights(self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype) -> None:
-        weight = nn.Parameter(torch.empty(sum(output_sizes), input_size, dtype=params_dtype), requires_grad=False)
+    def create_weights(
+        self, layer: nn.Module, input_size: int, output_sizes: list[int], params_dtype: torch.dtype
+    ) -> None:
+        weight = nn.Parameter(
+            torch.empty(sum(output_sizes), input_size, dtype=params_dtype), requires_grad=False
+        )
         set_weight_attrs(weight, output_dim=0)
         layer.weight = weight
 

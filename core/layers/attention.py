@@ -16,7 +16,9 @@ class PagedAttention(nn.Module):
     it has sized the cache.
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, kernels: KernelTable) -> None:
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, kernels: KernelTable
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads

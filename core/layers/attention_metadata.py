@@ -20,7 +20,9 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [B+1] int32: cumulative new-token counts
     context_lens: torch.Tensor  # [B] int32: tokens in the cache after this step
     block_tables: torch.Tensor  # [B, max_blocks] int32: -1 past the end
-    token_context_lens: torch.Tensor  # [T] int32: context_lens of each token's sequence (dynamic NTK)
+    token_context_lens: (
+        torch.Tensor
+    )  # [T] int32: context_lens of each token's sequence (dynamic NTK)
     max_query_len: int
     max_context_len: int
     is_decode: bool  # every sequence has exactly one new token

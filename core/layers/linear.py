@@ -34,12 +34,16 @@ class Linear(nn.Module):
         self.linear_method = linear_method
         linear_method.create_weights(self, input_size, self.output_sizes, params_dtype)
         if bias:
-            self.bias = nn.Parameter(torch.empty(self.output_size, dtype=params_dtype), requires_grad=False)
+            self.bias = nn.Parameter(
+                torch.empty(self.output_size, dtype=params_dtype), requires_grad=False
+            )
             set_weight_attrs(self.bias, output_dim=0)
         else:
             self.register_parameter("bias", None)
 
-    def load_shard(self, param_name: str, loaded: torch.Tensor, shard: int | None, source: str) -> None:
+    def load_shard(
+        self, param_name: str, loaded: torch.Tensor, shard: int | None, source: str
+    ) -> None:
         """Copy checkpoint tensor ``loaded`` (named ``source``) into output shard ``shard``."""
         param = getattr(self, param_name)
         dim = getattr(param, "output_dim", None)

@@ -9,7 +9,9 @@ from core.kernels import KernelTable
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self, hidden_size: int, eps: float, kernels: KernelTable, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype), requires_grad=False)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.kernels import KernelTable
-
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin per token from its position; with ``scaling="dynamic"`` the base grows with the
-    sequence's length past ``max_position_embeddings`` (InternLM / HF "dynamic" NTK):
+    """cos/sin per token from its position, computed once per forward and shared by every
+    layer's ``rotary`` op. With ``scaling="dynamic"`` the base grows with the sequence's length
+    past ``max_position_embeddings`` (InternLM / HF "dynamic" NTK):
     ``base' = base * (factor * L / max_pos - (factor - 1)) ** (D / (D - 2))``."""
 
     def __init__(
@@ -20,7 +19,6 @@ class RotaryEmbedding(nn.Module):
         base: float,
         scaling: str | None,
         scaling_factor: float,
-        kernels: KernelTable,
     ) -> None:
         super().__init__()
         self.head_dim = head_dim
@@ -29,7 +27,6 @@ class RotaryEmbedding(nn.Module):
         self.dynamic = scaling == "dynamic"
         self.factor = scaling_factor
         self.register_buffer("exponents", self._exponents(None), persistent=False)
-        self._rotary = kernels.get("rotary")
 
     def _exponents(self, device: torch.device | None) -> torch.Tensor:
         d = self.head_dim
@@ -51,9 +48,3 @@ class RotaryEmbedding(nn.Module):
         inv_freq = base[:, None].pow(-self.exponents[None, :])  # (T, D/2)
         angles = positions.float()[:, None] * inv_freq
         return angles.cos(), angles.sin()
-
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, seq_lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(positions, seq_lens)
-        return self._rotary(q, k, cos, sin)

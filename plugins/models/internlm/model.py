@@ -30,7 +30,9 @@ _PROJ = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp))\.(\w+_proj)\.(\w+)
 
 
 class InternLMAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.num_kv_heads = cfg.num_kv_heads or cfg.num_heads
@@ -39,26 +41,27 @@ class InternLMAttention(nn.Module):
         kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = Linear(cfg.hidden_size, [q_size, kv_size, kv_size], cfg.bias, method, dtype)
         self.o_proj = Linear(q_size, [cfg.hidden_size], cfg.bias, method, dtype)
-        self.rotary_emb = RotaryEmbedding(
-            self.head_dim, cfg.max_position_embeddings, cfg.rope_base,
-            cfg.rope_scaling, cfg.rope_scaling_factor, kernels,
-        )  # fmt: skip
+        self.rotary = kernels.get("rotary")
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, kernels)
         self.q_size, self.kv_size = q_size, kv_size
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
+    ) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # (T, q + 2kv)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, H, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hk, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary_emb(q, k, positions, meta.token_context_lens)
+        q, k = self.rotary(q, k, *rope)
         out = self.attn(q, k, v, meta)  # (T, H, D)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
 class InternLMMLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         inter = cfg.intermediate_size
         self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], False, method, dtype)
@@ -70,7 +73,9 @@ class InternLMMLP(nn.Module):
 
 
 class InternLMDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
         self.self_attn = InternLMAttention(cfg, method, kernels, dtype)
@@ -81,7 +86,7 @@ class InternLMDecoderLayer(nn.Module):
         self,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
@@ -89,13 +94,15 @@ class InternLMDecoderLayer(nn.Module):
             x = self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(x, positions, meta)
+        x = self.self_attn(x, rope, meta)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
 
 class InternLMModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
         self.embed_tokens.weight.requires_grad_(False)
@@ -103,12 +110,19 @@ class InternLMModel(nn.Module):
             InternLMDecoderLayer(cfg, method, kernels, dtype) for _ in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
+        self.rotary_emb = RotaryEmbedding(
+            cfg.hidden_size // cfg.num_heads, cfg.max_position_embeddings, cfg.rope_base,
+            cfg.rope_scaling, cfg.rope_scaling_factor,
+        )  # fmt: skip
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (T, hidden)
+        rope = self.rotary_emb.cos_sin(positions, meta.token_context_lens)  # once for all layers
         residual = None
         for layer in self.layers:
-            x, residual = layer(x, residual, positions, meta)
+            x, residual = layer(x, residual, rope, meta)
         x, _ = self.norm(x, residual)
         return x
 
@@ -116,13 +130,21 @@ class InternLMModel(nn.Module):
 class InternLMForCausalLM(nn.Module):
     """InternLM v1. Embeddings, norms and lm_head stay dense; projections use ``linear_method``."""
 
-    def __init__(self, cfg: ModelConfig, linear_method: LinearMethod, kernels: KernelTable, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        linear_method: LinearMethod,
+        kernels: KernelTable,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.config = cfg
         self.model = InternLMModel(cfg, linear_method, kernels, dtype)
         self.lm_head = Linear(cfg.hidden_size, [cfg.vocab_size], False, DenseLinearMethod(), dtype)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
         return self.model(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ def runner(path, quant: QuantConfig | None = None):
 
 @pytest.mark.parametrize("group_size", [32, 64, 128])
 @pytest.mark.parametrize("layout", ["autoawq", "lmdeploy"])
-def test_awq_model_equals_its_dequantized_weights_and_stays_near_the_dense_model(tmp_path, group_size, layout):
+def test_awq_model_equals_its_dequantized_weights_and_stays_near_the_dense_model(
+    tmp_path, group_size, layout
+):
     llama = write_llama_checkpoint(tmp_path / "hf", bias=False, **SIZES)
     awq = write_awq_checkpoint(tmp_path / "hf", tmp_path / "awq", group_size, layout)
     r = runner(awq)
@@ -46,6 +48,8 @@ def test_awq_model_equals_its_dequantized_weights_and_stays_near_the_dense_model
 def test_group_size_override_that_contradicts_the_checkpoint_fails(tmp_path):
     write_llama_checkpoint(tmp_path / "hf", bias=False, **SIZES)
     awq = write_awq_checkpoint(tmp_path / "hf", tmp_path / "awq", 64, "lmdeploy")
-    with pytest.raises(CheckpointError, match="quant.group_size=128 but the checkpoint has group size 64"):
+    with pytest.raises(
+        CheckpointError, match="quant.group_size=128 but the checkpoint has group size 64"
+    ):
         runner(awq, QuantConfig(name="awq", group_size=128))
     assert runner(awq, QuantConfig(name="awq", group_size=64)).format.name == "awq"

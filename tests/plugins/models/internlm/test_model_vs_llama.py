@@ -10,9 +10,9 @@ import torch
 from core.block_manager import BlockManager
 from core.model_runner import ModelRunner
 from core.plugins import get_registries
+from core.sampling_params import SamplingParams
 from core.scheduler import ScheduledBatch
 from core.sequence import Sequence
-from core.sampling_params import SamplingParams
 from tests.conftest import tiny_config, tiny_model_config, write_llama_checkpoint
 
 
@@ -47,7 +47,9 @@ def test_logits_match_transformers_llama(tmp_path, bias):
 
 def test_dynamic_ntk_matches_transformers_past_max_positions(tmp_path):
     rope = {"rope_type": "dynamic", "factor": 1.0}
-    llama = write_llama_checkpoint(tmp_path, bias=False, rope_scaling=rope, max_position_embeddings=16)
+    llama = write_llama_checkpoint(
+        tmp_path, bias=False, rope_scaling=rope, max_position_embeddings=16
+    )
     mc = tiny_model_config(path=str(tmp_path), max_position_embeddings=16)
     runner = ModelRunner(tiny_config(mc), get_registries())
     assert runner.model_config.rope_scaling == "dynamic"
@@ -72,11 +74,15 @@ def test_missing_and_misshaped_tensors_fail_with_their_names(tmp_path):
     state["model.layers.1.mlp.up_proj.weight"] = torch.zeros(100, 64)
     save_file(state, str(file), metadata={"format": "pt"})
     cfg = tiny_config(tiny_model_config(path=str(tmp_path)))
-    with pytest.raises(WeightShapeError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(100, 64\).*\(128, 64\)"):
+    with pytest.raises(
+        WeightShapeError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\(100, 64\).*\(128, 64\)"
+    ):
         ModelRunner(cfg, get_registries())
     del good["model.layers.0.self_attn.o_proj.weight"]
     save_file(good, str(file), metadata={"format": "pt"})
-    with pytest.raises(CheckpointError, match=r"missing tensors.*layers\.0\.self_attn\.o_proj\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing tensors.*layers\.0\.self_attn\.o_proj\.weight"
+    ):
         ModelRunner(cfg, get_registries())
 
 
