@@ -26,9 +26,18 @@ class DecodeGraphs:
         self.max_bs = limit
         dev = runner.device
         mb = runner.max_blocks_per_seq
-        self.input_ids = torch.zeros(limit, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(limit, dtype=torch.int64, device=dev)
-        self.slot_mapping = torch.full((limit,), -1, dtype=torch.int64, device=dev)
+        # one pinned staging buffer per dtype, copied up with one transfer each per step
+        self.host_i64 = torch.zeros((3, limit), dtype=torch.int64, pin_memory=True)
+        self.host_i32 = torch.zeros((limit, mb + 1), dtype=torch.int32, pin_memory=True)
+        self.host_i64_np = self.host_i64.numpy()
+        self.host_i32_np = self.host_i32.numpy()
+        self.dev_i64 = torch.zeros((3, limit), dtype=torch.int64, device=dev)
+        self.dev_i32 = torch.zeros((limit, mb + 1), dtype=torch.int32, device=dev)
+        self.input_ids = self.dev_i64[0]
+        self.positions = self.dev_i64[1]
+        self.slot_mapping = self.dev_i64[2]
+        self.slot_mapping.fill_(-1)
+        self.dev_i32[:, 0] = 1
         self.context_lens = torch.ones(limit, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros((limit, mb), dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(limit + 1, dtype=torch.int32, device=dev)
@@ -49,6 +58,10 @@ class DecodeGraphs:
         )
 
     def _forward(self, bs: int) -> torch.Tensor:
+        # unpack the staged int32 rows into contiguous context lengths and block tables (inside
+        # the graph, so a replay costs two host-to-device copies and nothing else)
+        self.context_lens[:bs].copy_(self.dev_i32[:bs, 0])
+        self.block_tables[:bs].copy_(self.dev_i32[:bs, 1:])
         model = self.runner.model
         hidden = model(self.input_ids[:bs], self.positions[:bs], self._meta(bs))
         return model.compute_logits(hidden).float()
@@ -73,25 +86,19 @@ class DecodeGraphs:
         n = len(batch.seqs)
         bs = next(s for s in self.sizes if s >= n)
         bsz = self.runner.block_size
-        ids, pos, slots, ctx = [], [], [], []
-        for seq in batch.seqs:
-            p = len(seq) - 1
-            ids.append(seq.token_ids[-1])
-            pos.append(p)
-            slots.append(seq.block_table[p // bsz] * bsz + p % bsz)
-            ctx.append(p + 1)
-        pad = bs - n
-        dev = self.runner.device
-        self.input_ids[:bs].copy_(torch.tensor(ids + [0] * pad), non_blocking=True)
-        self.positions[:bs].copy_(torch.tensor(pos + [0] * pad), non_blocking=True)
-        self.slot_mapping[:bs].copy_(torch.tensor(slots + [-1] * pad), non_blocking=True)
-        self.context_lens[:bs].copy_(
-            torch.tensor(ctx + [1] * pad, dtype=torch.int32), non_blocking=True
-        )
-        mb = self.block_tables.shape[1]
-        tables = torch.zeros((bs, mb), dtype=torch.int32)
+        i64, i32 = self.host_i64_np, self.host_i32_np
+        i64[0, :bs] = 0
+        i64[2, n:bs] = -1  # padded rows write no KV
+        i32[n:bs, 0] = 1
         for i, seq in enumerate(batch.seqs):
-            tables[i, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
-        self.block_tables[:bs].copy_(tables.to(dev, non_blocking=True))
+            p = len(seq) - 1
+            table = seq.block_table
+            i64[0, i] = seq.token_ids[-1]
+            i64[1, i] = p
+            i64[2, i] = table[p // bsz] * bsz + p % bsz
+            i32[i, 0] = p + 1
+            i32[i, 1 : 1 + len(table)] = table
+        self.dev_i64[:, :bs].copy_(self.host_i64[:, :bs], non_blocking=True)
+        self.dev_i32[:bs].copy_(self.host_i32[:bs], non_blocking=True)
         self.graphs[bs].replay()
         return self.outputs[bs][:n]

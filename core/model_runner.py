@@ -15,6 +15,7 @@ from core.scheduler import ScheduledBatch
 
 log = logging.getLogger(__name__)
 
+GRAPH_OPS = ("store_kv", "paged_attention")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -50,7 +51,9 @@ class ModelRunner:
         self._allocate_kv_cache()
         self.max_blocks_per_seq = -(-self.model_config.session_len // self.block_size)
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and cfg.engine.cuda_graphs:
+        # the torch references of the attention ops sync with the host: not capturable
+        capturable = all(self.kernels.chosen.get(op) == "triton" for op in GRAPH_OPS)
+        if self.device.type == "cuda" and cfg.engine.cuda_graphs and capturable:
             self.graphs = DecodeGraphs(self, cfg.engine.max_graph_batch_size)
             self.graphs.capture()
 

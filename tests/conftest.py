@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Triton kernels run in its interpreter where there is no GPU (CI); Triton reads this when a
+# kernel module is imported, so it is set here, before any test module imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from core.config import EngineConfig, ModelConfig, NybbleConfig
 
 # the real InternLM tokenizer and configs, beside the checkout (never copied into it)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton rounds fp32 dot operands to TF32 by default; full fp32 here lets the fp32 comparison
+# hold to the reference's precision (set before any kernel of this session compiles)
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 from core.config import EngineConfig, KernelsConfig, NybbleConfig, QuantConfig
 from core.engine import Engine
@@ -58,7 +64,7 @@ def test_triton_graph_path_gives_the_reference_greedy_tokens_fp32():
         assert f.token_ids == r.token_ids
         lr = torch.tensor([x.logprob for x in r.logprobs])
         lf = torch.tensor([x.logprob for x in f.logprobs])
-        assert (lr - lf).abs().max().item() < 2e-2  # stated tolerance: Triton dots round to TF32
+        assert (lr - lf).abs().max().item() < 1e-3  # stated tolerance for fp32
 
 
 def test_triton_graph_path_matches_the_reference_in_fp16_with_awq_weights():
