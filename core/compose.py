@@ -50,10 +50,10 @@ class BenchConfig(NybbleConfig):
     """``nybble-bench``: which benchmark (a module of bench/) and its load."""
 
     task: str = "token_throughput"  # bench/<task>.py, whose run(cfg) measures and writes results
-    concurrency: list[int] = field(default_factory=lambda: [1, 16, 32, 64])
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 16, 32])
     # (prompt tokens, completion tokens) of each token_throughput run
     token_pairs: list[list[int]] = field(
-        default_factory=lambda: [[1, 128], [128, 128], [128, 2048], [2048, 128], [2048, 2048]]
+        default_factory=lambda: [[256, 512], [512, 512], [512, 1024], [1024, 1024]]
     )
     # batch sizes at which token_throughput also times transformers' fp16 model (same shapes,
     # same run) on the first token pair; [] = no baseline
