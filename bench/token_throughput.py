@@ -89,7 +89,9 @@ def profile(engine: Engine, batch: int, prompt: int, completion: int, cfg, bw: f
             rng,
             params.replace(max_tokens=min(completion, 32)),
         )
-    torch.cuda.reset_peak_memory_stats()
+    cuda = engine.runner.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     elapsed, ftl, gaps, steps = 0.0, [], [], []
     peak_blocks = 0
     for _ in range(cfg.test_rounds):
@@ -106,7 +108,8 @@ def profile(engine: Engine, batch: int, prompt: int, completion: int, cfg, bw: f
     weights = weight_bytes_per_step(engine) + engine.runner.model.model.embed_tokens.weight.nbytes
     kv_alloc = engine.runner.num_blocks * engine.runner.kv_bytes_per_block()
     kv_used = peak_blocks * engine.runner.kv_bytes_per_block()
-    activations = max(torch.cuda.max_memory_allocated() - weights - kv_alloc, 0)
+    peak = torch.cuda.max_memory_allocated() if cuda else weights + kv_alloc
+    activations = max(peak - weights - kv_alloc, 0)
     mem = (weights + kv_used + activations) / GB
     pct = np.percentile(np.array(gaps) * 1e3, [50, 75, 95, 99]) if gaps else [float("nan")] * 4
     return {
@@ -122,16 +125,15 @@ def profile(engine: Engine, batch: int, prompt: int, completion: int, cfg, bw: f
 
 
 def run(cfg) -> list[dict]:
-    if not torch.cuda.is_available():
-        raise SystemExit("token_throughput measures a GPU: run it on a CUDA machine")
     name, out_dir = gpu_name(), Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bw = copy_bandwidth()
-    header = f"{name} | {versions()} | copy bandwidth {bw / 1e12:.2f} TB/s"
+    device = "cuda" if torch.cuda.is_available() and cfg.engine.device != "cpu" else "cpu"
+    bw = copy_bandwidth(device)
+    header = f"{name} | {versions()} | copy bandwidth {bw / 1e9:.0f} GB/s"
     print(header)
     pairs = [tuple(p) for p in cfg.token_pairs]
     baseline = {}
-    if cfg.baseline_batches:
+    if cfg.baseline_batches and device == "cuda":
         from bench.hf_baseline import hf_generate_throughput
 
         p, c = pairs[0]

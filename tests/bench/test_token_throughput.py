@@ -1,0 +1,39 @@
+"""token_throughput end to end on the CPU with the tiny model: the table a user reads."""
+
+from __future__ import annotations
+
+import csv
+
+from bench import token_throughput
+from core.compose import compose_config
+
+
+def test_token_throughput_writes_the_seed_columns_with_sane_values(tmp_path):
+    cfg = compose_config(
+        [
+            "task=token_throughput",
+            "model=internlm-tiny",
+            "engine.device=cpu",
+            "concurrency=[1,3]",
+            "token_pairs=[[12,6]]",
+            "baseline_batches=[]",
+            "test_rounds=1",
+            "warmup_rounds=1",
+            f"output_dir={tmp_path}",
+        ],  # fmt: skip
+        config_name="bench",
+    )
+    rows = token_throughput.run(cfg)
+    (csv_path,) = tmp_path.glob("token_throughput-*.csv")
+    assert (tmp_path / csv_path.name.replace(".csv", ".png")).exists()
+    with csv_path.open() as f:
+        table = list(csv.DictReader(f))
+    assert [int(r["batch"]) for r in table] == [1, 3]
+    for r, raw in zip(table, rows):
+        assert set(token_throughput.COLUMNS) <= set(r)
+        assert int(r["prompt_tokens"]) == 12 and int(r["completion_tokens"]) == 6
+        assert float(r["thr_per_proc"]) > 0 and float(r["rpm"]) > 0
+        assert 0 < float(r["ftl_min"]) <= float(r["ftl_avg"]) <= float(r["ftl_max"])
+        p = [float(r[f"token_latency_p{q}"]) for q in (50, 75, 95, 99)]
+        assert p == sorted(p) and p[0] > 0
+        assert 0 < raw["frac_limit"] and float(r["mem_per_proc"]) > 0
