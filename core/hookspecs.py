@@ -37,8 +37,8 @@ def register_models(register: Callable[[str, type], None]) -> None:
     Implemented by: model plugins (plugins/models/internlm).
     Call ``register(architecture, model_class)`` where ``architecture`` is the Hugging Face
     ``config.json`` ``architectures[0]`` string (e.g. ``"InternLMForCausalLM"``) and
-    ``model_class(config, linear_method, kernels)`` builds a ``torch.nn.Module`` following
-    ``core.model_contract.CausalLM``.
+    ``model_class(config, linear_method, kernels, dtype)`` builds a ``torch.nn.Module``
+    following ``core.model_contract.CausalLM``.
     """
 
 

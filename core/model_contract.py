@@ -9,10 +9,6 @@ import torch
 from core.layers.attention_metadata import AttentionMetadata
 
 
-class CheckpointTarget(tuple):
-    """(module path, parameter name, output shard or None) for one checkpoint tensor."""
-
-
 class CausalLM(Protocol):
     """A decoder-only model over a flattened batch.
 
