@@ -51,6 +51,8 @@ class ModelRunner:
         self._allocate_kv_cache()
         self.max_blocks_per_seq = -(-self.model_config.session_len // self.block_size)
         self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda":
+            self.warm_up()
         # the torch references of the attention ops sync with the host: not capturable
         capturable = all(self.kernels.chosen.get(op) == "triton" for op in GRAPH_OPS)
         if self.device.type == "cuda" and cfg.engine.cuda_graphs and capturable:
@@ -87,6 +89,24 @@ class ModelRunner:
                 "or engine.cpu_kv_cache_bytes"
             )
         return num
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Run prefill steps of the sizes a server meets, so Triton compiles its kernels (one per
+        shape bucket) now rather than inside the first users' requests."""
+        from core.sampling_params import SamplingParams
+        from core.sequence import Sequence
+
+        budget = self.cfg.engine.max_num_batched_tokens
+        sizes = sorted({n for n in (1, 4, 16, 64, 256, 1024, budget) if n <= budget})
+        for n in sizes:
+            blocks = -(-n // self.block_size)
+            if blocks > self.num_blocks:
+                break
+            seq = Sequence("warm-up", [0] * n, SamplingParams())
+            seq.block_table = list(range(blocks))  # free blocks; what they hold is overwritten
+            self.execute(ScheduledBatch(seqs=[seq], num_tokens=[n]))
+        torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self) -> None:
         mc = self.model_config
