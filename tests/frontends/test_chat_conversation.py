@@ -1,15 +1,12 @@
-"""The terminal chat in-process: sessions on the prefix cache, the session_len check, and the
-scripted (stdin not a terminal) flow of ``launch``, with the tiny random model on the CPU."""
+"""The terminal chat's conversation: turns as a session on the prefix cache, reset, and the
+session_len check before anything is sent; the tiny random model on the CPU."""
 
 from __future__ import annotations
-
-import io
 
 import pytest
 
 from core.compose import compose_config
 from core.llm import LLM
-from plugins.frontends import chat
 from plugins.frontends.chat_conversation import Conversation, TurnTooLong
 
 SESSION_LEN = 480  # the system prompt alone is ~420 tokens: two short turns fit, a long one not
@@ -78,23 +75,3 @@ def test_a_turn_past_session_len_is_refused_before_any_request(llm):
     with pytest.raises(TurnTooLong) as refused:
         conv.prepare("x" * SESSION_LEN)
     assert "reset" not in str(refused.value) and "shorten the message" in str(refused.value)
-
-
-def test_scripted_chat_prints_only_the_answers(llm, cfg):
-    script = f"hello\nthere\n\n\n\n{LONG_MESSAGE}\n\nreset\nhi\n\nexit\nnever sent\n"
-    stdout, stderr = io.StringIO(), io.StringIO()
-    chat.launch(llm, cfg, stdin=io.StringIO(script), stdout=stdout, stderr=stderr)
-
-    conv = Conversation(llm, llm.sampling_params())  # the same turns, greedy, by hand
-    first = answer(conv, "hello\nthere")
-    conv.reset()
-    second = answer(conv, "hi")
-    conv.reset()
-    assert stdout.getvalue() == f"{first}\n\n{second}\n"  # answers, a blank line between
-
-    notes = stderr.getvalue().splitlines()
-    assert notes[0].startswith("nybble chat · internlm-tiny · session_len 480 · temperature 0")
-    assert notes[0].endswith("max_new_tokens 4")
-    assert notes[1].startswith("warning: message not sent: the conversation holds")
-    assert notes[2:] == ["(new conversation)"]
-    assert not llm.engine.sessions and not llm.engine.requests  # launch left nothing behind
