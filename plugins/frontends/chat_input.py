@@ -40,6 +40,7 @@ class MessageReader:
         self.stdout = stdout
         self.prompt = prompt
         self.interactive = interactive
+        self.ended = False  # a terminal's Ctrl-D is not sticky: remember it
         self.use_readline = interactive and stdin is sys.stdin and stdout is sys.stdout
         if self.use_readline:
             try:
@@ -50,10 +51,11 @@ class MessageReader:
     def read(self) -> str | None:
         """The next message (its lines joined by newlines), a command, or None at end of input."""
         lines: list[str] = []
-        while True:
+        while not self.ended:
             line = self._line(first=not lines)
             if line is None:
-                return "\n".join(lines) if lines else None
+                self.ended = True
+                break
             if not line.strip():
                 if lines:
                     return "\n".join(lines)
@@ -61,6 +63,7 @@ class MessageReader:
             if not lines and line.strip() in COMMANDS:
                 return line.strip()
             lines.append(line)
+        return "\n".join(lines) if lines else None
 
     def _line(self, first: bool) -> str | None:
         marker = self.prompt(first) if self.interactive else ""
