@@ -63,8 +63,9 @@ class BenchConfig(NybbleConfig):
     output_dir: str = "bench/results"  # CSV, plots and notes (with the GPU) go here
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     num_prompts: int = 1000
-    request_rate: float = math.inf  # requests per second (api_serving); inf = all at once
+    request_rate: float = math.inf  # api_serving: Poisson arrivals per second; inf = closed loop
     server_url: str = "http://127.0.0.1:23333"  # api_serving: a running `nybble frontend=api`
+    request_timeout: float = 600.0  # api_serving: seconds before a request counts as failed
     seed: int = 0
 
 
@@ -188,6 +189,8 @@ def validate_bench(cfg: BenchConfig) -> None:
             _fail(key, getattr(cfg, key), "a positive integer")
     if cfg.warmup_rounds < 0:
         _fail("warmup_rounds", cfg.warmup_rounds, "an integer >= 0")
+    if not cfg.request_timeout > 0:
+        _fail("request_timeout", cfg.request_timeout, "seconds > 0")
     if not cfg.request_rate > 0:
         _fail("request_rate", cfg.request_rate, "requests per second > 0 (inf = all at once)")
     tasks = bench_tasks()
