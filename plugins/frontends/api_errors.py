@@ -80,9 +80,10 @@ def _is_branch(part: object) -> bool:
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """One line per offending field; a value that fits no branch of a union says which types
-    were allowed rather than why each branch failed."""
-    fields: dict[str, list[str]] = {}
+    """One line per offending field. For a union (``prompt``: a text, texts or token ids),
+    the branch the value got deepest into explains the error; when none got past the type,
+    the line lists the accepted types."""
+    found: dict[str, tuple[int, str, str]] = {}  # field -> (depth, where, message)
     branches: dict[str, list[str]] = {}
     for err in exc.errors():
         if err.get("type") == "json_invalid":
@@ -90,17 +91,19 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
             return f"the body is not valid JSON: {detail}", None
         raw = [x for x in err.get("loc", ()) if x != "body"]
         cut = next((i for i, x in enumerate(raw) if _is_branch(x)), len(raw))
-        where = ".".join(str(x) for x in raw[:cut]) or "body"
-        fields.setdefault(where, []).append(err.get("msg", "invalid"))
-        if cut < len(raw) and raw[cut] not in branches.setdefault(where, []):
-            branches[where].append(str(raw[cut]))
-    parts = []
-    for where, msgs in list(fields.items())[:5]:
-        if len(branches.get(where, ())) > 1:
-            parts.append(f"{where}: expected one of {' | '.join(branches[where])}")
-        else:
-            parts.append(f"{where}: {msgs[0]}")
-    param = next((w for w in fields if w != "body"), None)
+        field = ".".join(str(x) for x in raw[:cut]) or "body"
+        inner = [str(x) for x in raw[cut + 1 :] if not _is_branch(x)]
+        if cut < len(raw) and raw[cut] not in branches.setdefault(field, []):
+            branches[field].append(str(raw[cut]))
+        depth = len(inner)
+        if field not in found or depth > found[field][0]:
+            found[field] = (depth, ".".join([field, *inner]), err.get("msg", "invalid"))
+    parts, param = [], None
+    for field, (depth, where, msg) in list(found.items())[:5]:
+        if depth == 0 and len(branches.get(field, ())) > 1:
+            where, msg = field, f"expected one of {' | '.join(branches[field])}"
+        parts.append(f"{where}: {msg}")
+        param = param or (where if where != "body" else None)
     return "; ".join(parts) or "invalid request", param
 
 

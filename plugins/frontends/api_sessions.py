@@ -155,19 +155,20 @@ async def chat_interactive(
     if body.stream:
         lines = _lines(gen, turn, len(ids), history, sid)
         return ClosingStream(lines, turn.end, media_type="application/x-ndjson")
-    final = None
     try:
         (final,) = await gen.final_outputs(request)
-    finally:
-        turn.end(final)
+    except BaseException:
+        turn.end()
+        raise
+    await turn.finish(final)
     o = final.outputs[0]
     return JSONResponse(_reply(o.text, len(o.token_ids), len(ids), history, o.finish_reason, sid))
 
 
 class Turn:
-    """One request of a session; ``end`` (idempotent, synchronous) frees its slot, records
-    whether the answer was closed by the end-of-answer token, and ends a session that is not
-    interactive."""
+    """One request of a session. Once, however it ends (``finish`` or ``end``): free its slot,
+    record whether the answer was closed by the end-of-answer token, and end the session
+    unless it is interactive."""
 
     def __init__(
         self, ctx: ServerContext, table: Sessions, session: str, gen: Generation, keep: bool
@@ -175,9 +176,9 @@ class Turn:
         self.ctx, self.table, self.session, self.gen, self.keep = ctx, table, session, gen, keep
         self.ended = False
 
-    def end(self, final: Any = None, submitted: bool = True) -> None:
+    def _settle(self, final: Any, submitted: bool) -> bool:
         if self.ended:
-            return
+            return False
         self.ended = True
         self.gen.close()
         if self.table.running.get(self.session) is self.gen:
@@ -188,7 +189,17 @@ class Turn:
                 self.table.open_answer.discard(self.session)
             else:  # cut short (a limit, stop=true, a client gone): the next turn closes it
                 self.table.open_answer.add(self.session)
-        if not self.keep:
+        return True
+
+    async def finish(self, final: Any) -> None:
+        """The turn's answer is complete: the session is ended before the client hears so."""
+        if self._settle(final, submitted=True) and not self.keep:
+            self.table.open_answer.discard(self.session)
+            await self.ctx.engine.end_session(self.session)
+
+    def end(self, final: Any = None, submitted: bool = True) -> None:
+        """Any other way out (an error, a client gone), where nothing can be awaited."""
+        if self._settle(final, submitted) and not self.keep:
             self.table.end_later(self.ctx, self.session)
 
 
@@ -198,13 +209,13 @@ async def _lines(
     try:
         async for _, out in gen.outputs():
             o = out.outputs[0]
+            if out.finished:
+                await turn.finish(out)
             if o.delta_text or o.finish_reason:
                 reply = _reply(
                     o.delta_text, len(o.token_ids), inputs, history, o.finish_reason, sid
                 )
                 yield json.dumps(reply, ensure_ascii=False) + "\n"
-            if out.finished:
-                turn.end(out)
     except Exception as e:  # the 200 is sent: the client learns of it in the stream
         yield json.dumps(error_body(500, f"generation failed: {e}")) + "\n"
     finally:

@@ -11,9 +11,6 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
 # the tiny random model, with room for 16 streams at once; fp32 on the CPU
 ENGINE = [
     "engine=cpu-small",
@@ -45,8 +42,8 @@ class Server:
 
 
 def serve(overrides: Sequence[str]) -> Iterator[Server]:
-    import uvicorn
-
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
     from core.llm import LLM
     from plugins.frontends.api import build_app
 

@@ -203,7 +203,7 @@ def test_client_gone_before_a_whole_answer_aborts_it(api_server):
         ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, "max_tokens"),
         ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
         ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, "top_p"),
-        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop"),
+        ({"messages": [{"role": "user", "content": "hi"}], "stop": [""]}, "stop.0"),
         ({"messages": [{"role": "user", "content": "hi"}], "bogus": 1}, "bogus"),
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "system", "content": "x"}]},
          "messages"),
