@@ -20,9 +20,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from plugins.frontends import api_completions, api_sessions
-from plugins.frontends.api_completions import ERRORS, context
-from plugins.frontends.api_context import ServerContext
-from plugins.frontends.api_errors import APIError, install_error_handlers
+from plugins.frontends.api_context import ERRORS, ServerContext, context
+from plugins.frontends.api_errors import install_error_handlers
 from plugins.frontends.api_limits import APIKeys, BodyLimit
 from plugins.frontends.api_metrics import CONTENT_TYPE, CountRequests
 from plugins.frontends.api_schemas import EncodeRequest, EncodeResponse, ModelList
@@ -64,8 +63,7 @@ async def encode(body: EncodeRequest, ctx: ServerContext = Depends(context)) -> 
 @open_router.get("/health")
 async def health(ctx: ServerContext = Depends(context)) -> JSONResponse:
     """200 while the engine steps without error, else 503 with the error."""
-    if ctx.engine.errored is not None:
-        raise APIError(503, f"the engine failed: {ctx.engine.errored!r}", code="engine_failed")
+    ctx.check_healthy()
     return JSONResponse({"status": "ok"})
 
 

@@ -8,19 +8,23 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse
 
 from core.outputs import RequestOutput
-from plugins.frontends.api_context import Generation, ServerContext
+from plugins.frontends.api_context import ERRORS, Generation, ServerContext, context
 from plugins.frontends.api_errors import APIError, error_body
-from plugins.frontends.api_responses import ChoiceTracker, LogprobFormatter, sse, usage
+from plugins.frontends.api_responses import (
+    ChoiceTracker,
+    ClosingStream,
+    LogprobFormatter,
+    sse,
+    usage,
+)
 from plugins.frontends.api_schemas import (
     ChatCompletion,
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
-    ErrorResponse,
     SamplingFields,
 )
 
@@ -33,16 +37,9 @@ SAMPLING_FIELDS = (
     "include_stop_str_in_output", "seed", "n", "ignore_eos", "min_tokens", "skip_special_tokens",
 )  # fmt: skip
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429)
-}
 STREAM_DOC = {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream"}
 
 router = APIRouter()
-
-
-def context(request: Request) -> ServerContext:
-    return request.app.state.ctx
 
 
 def sampling_fields(body: SamplingFields) -> dict[str, Any]:
@@ -56,27 +53,6 @@ def check_stream_options(body: SamplingFields) -> None:
         raise APIError(
             400, "stream_options is only allowed with stream=true", param="stream_options"
         )
-
-
-class ClosingStream(StreamingResponse):
-    """An SSE response whose ``cleanup`` runs however it ends, even if the client left
-    before the first chunk (when the body generator never starts, so never finishes)."""
-
-    def __init__(
-        self,
-        content: AsyncIterator[str],
-        cleanup: Callable[[], None],
-        media_type: str = "text/event-stream",
-    ) -> None:
-        super().__init__(content, media_type=media_type)
-        self.headers["Cache-Control"] = "no-cache"
-        self.cleanup = cleanup
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.cleanup()
 
 
 async def _events(

@@ -20,7 +20,12 @@ from core.sampling_params import SamplingParams
 from plugins.frontends.api_errors import APIError, bad_request
 from plugins.frontends.api_limits import Admission, Slot
 from plugins.frontends.api_metrics import Metrics
+from plugins.frontends.api_schemas import ErrorResponse
 
+# the error answers every API route documents (OpenAPI), besides its own
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
+}
 CLIENT_CLOSED = 499  # nginx's "client closed request": what the metrics count for a client gone
 
 
@@ -50,6 +55,16 @@ class ServerContext:
                 f"the model {name!r} does not exist; this server serves {self.model_name!r}",
                 param="model",
                 code="model_not_found",
+            )
+
+    def check_healthy(self) -> None:
+        """503 once a step has failed: the engine's state can no longer be trusted."""
+        if self.engine.errored is not None:
+            raise APIError(
+                503,
+                f"the engine failed ({self.engine.errored!r}) and takes no more requests; "
+                "restart the server",
+                code="engine_failed",
             )
 
     async def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
@@ -89,6 +104,7 @@ class ServerContext:
         self, prompts: list[list[int]], params: SamplingParams, param: str
     ) -> Generation:
         """Wait for admission, then submit one engine request per prompt."""
+        self.check_healthy()
         slot = await self.admission.acquire()
         gen = Generation([], slot)
         try:
@@ -98,6 +114,11 @@ class ServerContext:
             gen.close()
             raise
         return gen
+
+
+def context(request: Request) -> ServerContext:
+    """The app's ServerContext (a FastAPI dependency of every route)."""
+    return request.app.state.ctx
 
 
 class Generation:

@@ -1,10 +1,14 @@
-"""Engine outputs as OpenAI response bodies: usage, logprobs, choices, and SSE framing."""
+"""Engine outputs as OpenAI response bodies: usage, logprobs, choices; SSE framing and the
+streaming response that always cleans up."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
+
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from core.outputs import CompletionOutput, RequestOutput
 from core.tokenizer import Tokenizer
@@ -86,3 +90,24 @@ class ChoiceTracker:
             self._done.add(index)
             return True
         return bool(o.delta_text or o.delta_token_ids)
+
+
+class ClosingStream(StreamingResponse):
+    """An SSE response whose ``cleanup`` runs however it ends, even if the client left
+    before the first chunk (when the body generator never starts, so never finishes)."""
+
+    def __init__(
+        self,
+        content: AsyncIterator[str],
+        cleanup: Callable[[], None],
+        media_type: str = "text/event-stream",
+    ) -> None:
+        super().__init__(content, media_type=media_type)
+        self.headers["Cache-Control"] = "no-cache"
+        self.cleanup = cleanup
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.cleanup()

@@ -18,9 +18,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from plugins.frontends.api_completions import ERRORS, ClosingStream, context
-from plugins.frontends.api_context import Generation, ServerContext
+from plugins.frontends.api_context import ERRORS, Generation, ServerContext, context
 from plugins.frontends.api_errors import APIError, error_body
+from plugins.frontends.api_responses import ClosingStream
 from plugins.frontends.api_schemas import InteractiveRequest, InteractiveResponse
 
 SAMPLING_FIELDS = (
@@ -140,6 +140,7 @@ async def chat_interactive(
     engine_session = session if body.interactive_mode or continuing else None
     if session in table.running:  # taken while this request was tokenizing
         raise APIError(409, f"session {sid} is answering a request", code="session_busy")
+    ctx.check_healthy()
     gen = Generation([], None)
     table.running[session] = gen
     turn = Turn(ctx, table, session, gen, body.interactive_mode)
