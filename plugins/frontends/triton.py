@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -87,9 +89,17 @@ def serving(llm: Any, frontend: Any) -> Iterator[Any]:
         models.close()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def launch(llm: Any, cfg: Any) -> None:
-    """Serve ``llm`` through Triton until interrupted (Ctrl+C) or the server dies."""
+    """Serve ``llm`` through Triton until interrupted (Ctrl+C, SIGTERM) or the server dies."""
     frontend = cfg.frontend
+    if threading.current_thread() is threading.main_thread():
+        # PyTriton stops cleanly on KeyboardInterrupt only; SIGTERM (docker stop, systemd)
+        # would leave its workspace (a copy of tritonserver) behind in ~/.cache/pytriton
+        signal.signal(signal.SIGTERM, _interrupt)
     plain, streamed = model_names(llm.model_name)
     with serving(llm, frontend) as triton:
         print(
