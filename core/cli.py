@@ -51,7 +51,9 @@ def serve(cfg: NybbleConfig) -> None:
     from core.plugins import get_registries
 
     launcher = get_registries().frontends.get(cfg.frontend.name)
-    launcher(LLM(cfg), cfg)
+    # a gradio page in front of a running API server needs no model of its own
+    remote = cfg.frontend.name == "gradio" and cfg.frontend.server_url
+    launcher(None if remote else LLM(cfg), cfg)
 
 
 def convert(cfg: ConvertConfig) -> None:
