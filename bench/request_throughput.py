@@ -24,7 +24,6 @@ from tqdm import tqdm
 from bench.hardware import gpu_name, gpu_slug, versions
 from bench.sharegpt import Sample, load_requests
 from bench.sweep import finish, log_axis, results_dir, run_overrides
-from core.block_manager import BlockManager
 from core.engine import Engine
 from core.sampling_params import SamplingParams
 
@@ -47,9 +46,7 @@ def clear_prefix_cache(engine: Engine) -> None:
     """Forget every cached KV block, so the next concurrency level prefills its prompts anew
     (the KV tensors stay; only the bookkeeping starts over). The engine must be idle."""
     assert not engine.has_unfinished(), "clear the prefix cache only between runs"
-    old = engine.block_manager
-    engine.block_manager = BlockManager(old.num_blocks, old.block_size, old.enable_prefix_caching)
-    engine.scheduler.block_manager = engine.block_manager
+    engine.reset_prefix_cache()
 
 
 def closed_loop(

@@ -138,6 +138,19 @@ class BlockManager:
         seq.block_table = []
         self.seq_hashes.pop(seq.seq_id, None)
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every cached block (they become free); returns how many. Blocks in use keep
+        their contents but are no longer found by later requests."""
+        n = len(self.cached_free)
+        self.free_ids.extend(self.cached_free)
+        for b in self.cached_free:
+            self.block_hashes[b] = None
+        self.cached_free.clear()
+        for b in range(self.num_blocks):
+            self.block_hashes[b] = None
+        self.hash_to_block.clear()
+        return n
+
     def check_invariants(self) -> None:
         """Every block is exactly one of free / cached / in use (tests call this)."""
         free, cached = set(self.free_ids), set(self.cached_free)

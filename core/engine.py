@@ -167,6 +167,10 @@ class Engine:
                 self.abort(req.request_id)
         return self.sessions.pop(session_id, None) is not None
 
+    def reset_prefix_cache(self) -> int:
+        """Drop the prefix cache (benchmarks that replay prompts; tests); returns blocks freed."""
+        return self.block_manager.reset_prefix_cache()
+
     def has_unfinished(self) -> bool:
         return bool(self.requests)
 

@@ -98,3 +98,17 @@ def test_shared_prefix_blocks_are_reference_counted():
     bm.free(a)
     assert [bm.ref_counts[x] for x in b.block_table[:2]] == [1, 1]
     bm.check_invariants()
+
+
+def test_reset_prefix_cache_frees_cached_blocks_and_forgets_them():
+    bm = BlockManager(num_blocks=4, block_size=2)
+    a = seq_of([1, 2, 3, 4, 5])
+    bm.match_prefix(a)
+    bm.allocate_slots(a, 5)
+    a.num_computed_tokens = 5
+    bm.commit_full_blocks(a)
+    bm.free(a)
+    assert len(bm.cached_free) == 2
+    assert bm.reset_prefix_cache() == 2
+    bm.check_invariants()
+    assert bm.num_free_blocks == 4 and bm.match_prefix(seq_of([1, 2, 3, 4, 9])) == 0
