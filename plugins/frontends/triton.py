@@ -18,17 +18,16 @@ streamed model any number at once. Ports come from the config: ``frontend.port``
 
 from __future__ import annotations
 
-import logging
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from core.config import ConfigError
 from plugins.frontends import triton_environment
-
-log = logging.getLogger("nybble.triton")
 
 STREAM_SUFFIX = "_stream"
 EXIT_TIMEOUT_S = 5  # how long tritonserver waits for requests in flight when it stops
@@ -55,11 +54,27 @@ def triton_config(frontend: Any) -> Any:
     )
 
 
+def check_ports(frontend: Any) -> None:
+    """Raise ConfigError naming the key of a port that is already taken on ``frontend.host``
+    (tritonserver would only log it and PyTriton wait for a server that never comes up)."""
+    for key in ("port", "grpc_port", "metrics_port"):
+        port = getattr(frontend, key)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((frontend.host, port))
+            except OSError as e:
+                raise ConfigError(
+                    f"frontend.{key}={port}: expected a free port on {frontend.host} ({e.strerror})"
+                ) from None
+
+
 @contextmanager
 def serving(llm: Any, frontend: Any) -> Iterator[Any]:
     """Start tritonserver with both models bound to ``llm`` and yield the connected PyTriton
     ``Triton``; leaving stops the server and aborts what is still running."""
     triton_environment.check()
+    check_ports(frontend)
     triton_environment.use_own_libpython()  # before PyTriton starts tritonserver (see there)
     from pytriton.model_config import ModelConfig
     from pytriton.triton import Triton

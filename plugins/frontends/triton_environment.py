@@ -55,7 +55,7 @@ def problems() -> list[str]:
         found.append(
             f"NumPy {np.__version__} is installed, but nvidia-pytriton's Python backend stub "
             "is built for NumPy 1.x and crashes on text tensors under NumPy 2: "
-            "pip install 'numpy<2' (and 'pandas<3' if something needs pandas)"
+            "pip install 'numpy<2' 'pandas<3.1' (pandas 3.1 needs NumPy 2)"
         )
     if sys.platform == "linux" and libpython_dir() is None:
         found.append(

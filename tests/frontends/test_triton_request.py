@@ -4,16 +4,18 @@ server (tests/frontends/test_triton.py runs the real one)."""
 from __future__ import annotations
 
 import os
+import socket
 
 import numpy as np
 import pytest
 
 pytest.importorskip("pytriton", reason="nvidia-pytriton is not installed")
 
+from core.config import ConfigError, FrontendConfig  # noqa: E402
 from core.outputs import CompletionOutput, RequestOutput, Usage  # noqa: E402
 from core.sampling_params import SamplingParams  # noqa: E402
 from plugins.frontends import triton_environment  # noqa: E402
-from plugins.frontends.triton import model_names  # noqa: E402
+from plugins.frontends.triton import check_ports, model_names  # noqa: E402
 from plugins.frontends.triton_request import (  # noqa: E402
     InvalidRequest,
     input_tensors,
@@ -145,3 +147,13 @@ def test_numpy_2_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(triton_environment.np, "__version__", "2.4.6")
     with pytest.raises(triton_environment.TritonUnavailable, match=r"numpy<2"):
         triton_environment.check()
+
+
+def test_a_taken_port_is_named_before_the_server_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        frontend = FrontendConfig(name="triton", port=0, grpc_port=port, metrics_port=0)
+        with pytest.raises(ConfigError, match=f"frontend.grpc_port={port}: expected a free port"):
+            check_ports(frontend)
