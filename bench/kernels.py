@@ -27,7 +27,9 @@ from triton.testing import do_bench
 from core.layers.linear import Linear
 from plugins.awq import kernels as awq_kernels
 from plugins.awq.format import AWQLinearMethod
+from plugins.awq.gemv import GEMV_MAX_BLOCK_M
 from plugins.awq.plugin import awq_gemm_triton
+from plugins.awq.reference import dequantize_kernel
 
 GROUP = 128
 LAYERS = 60
@@ -47,8 +49,8 @@ def gpu_slug(name: str) -> str:
     return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def bench_ms(fn) -> float:
-    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+def bench_ms(fn, warmup: int = 25, rep: int = 100) -> float:
+    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
 def copy_bandwidth() -> float:
@@ -103,8 +105,27 @@ class TinyGemm:
         return torch.ops.aten._weight_int4pack_mm(x.to(torch.bfloat16), self.w, GROUP, self.sz)
 
 
+# GEMV candidates (block_n, unroll, num_warps, split_k); a thread holds block_n * unroll * 16 /
+# (32 * num_warps) int32 and one fp32 accumulator per int32 and x row (kept <= 64 registers).
+GEMV_SWEEP = [(4, 4, 1, 1), (8, 4, 1, 1), (8, 8, 1, 1), (16, 4, 1, 1), (16, 4, 2, 1), (16, 8, 2, 1),
+              (32, 4, 4, 1), (32, 2, 2, 1), (64, 4, 4, 1), (8, 4, 1, 2), (16, 4, 2, 2), (4, 8, 1, 2),
+              (8, 2, 1, 1), (16, 2, 2, 1), (16, 4, 4, 1), (32, 2, 4, 1), (8, 4, 2, 1)]  # fmt: skip
+
+
+def gemv_configs(m: int) -> list[awq_kernels.Config]:
+    block_m = min(GEMV_MAX_BLOCK_M, triton.next_power_of_2(m))
+    return [awq_kernels.Config("gemv", 1, bn, num_warps=w, unroll=u, split_k=sk)
+            for bn, u, w, sk in GEMV_SWEEP if bn * u * 16 // (32 * w) * block_m <= 64]  # fmt: skip
+
+
 def sweep_configs(m: int) -> list[awq_kernels.Config]:
     C = awq_kernels.Config
+    if m <= 64:
+        legacy = [C("fma", 1, 16, unroll=4, split_k=2), C("fma", 1, 64, unroll=2, split_k=2)]
+        if m > 1:
+            legacy = [C("dot", 16, 64, unroll=2, split_k=2), C("dot_t", 32 if m <= 32 else 64, 64,
+                      num_stages=4), C("dot_t", 32 if m <= 32 else 64, 32, split_k=2)]  # fmt: skip
+        return gemv_configs(m) + legacy
     if m == 1:
         fma = [(16, 4, 4, 1), (16, 4, 2, 1), (16, 2, 4, 1), (8, 2, 4, 1), (32, 4, 4, 1), (32, 2, 4, 1),
                (32, 4, 2, 2), (64, 4, 2, 2), (16, 4, 4, 2), (16, 4, 2, 4)]  # fmt: skip
@@ -124,18 +145,28 @@ def sweep_configs(m: int) -> list[awq_kernels.Config]:
             C("dequant", block_n=32)]  # fmt: skip
 
 
-def run_sweep(layers: dict[str, Linear], bw: float, out: Path, slug: str) -> None:
+def run_sweep(layers: dict[str, Linear], bw: float, out: Path, slug: str, ms) -> None:
     rows = []
-    for m in (1, 4, 16, 64, 256, 1024, 4096):
+    refs = {}  # fresh random x per (M, shape), its fp32 reference: every config is checked
+    for m in ms:
         best: dict[str, tuple[float, str]] = {}
         totals: dict[str, float] = {}
         for cfg in sweep_configs(m):
             total = 0.0
             for name, layer in layers.items():
-                x = torch.randn(m, layer.input_size, device="cuda", dtype=torch.float16)
+                if (m, name) not in refs:
+                    x = torch.randn(m, layer.input_size, device="cuda", dtype=torch.float16)
+                    w = dequantize_kernel(layer.qweight, layer.scales, layer.qzeros, GROUP)
+                    refs[(m, name)] = (x, x.float() @ w.t())
+                    del w
+                x, ref = refs[(m, name)]
                 args = (x, layer.qweight, layer.scales, layer.qzeros, GROUP)
                 try:
-                    t = bench_ms(lambda a=args, c=cfg: awq_kernels.awq_gemm(*a, config=c))
+                    y = awq_kernels.awq_gemm(*args, config=cfg)
+                    err = ((y.float() - ref).norm() / ref.norm()).item()
+                    if not err < 2e-3:
+                        raise AssertionError(f"rel err {err:.2e} vs the reference")
+                    t = bench_ms(lambda a=args, c=cfg: awq_kernels.awq_gemm(*a, config=c), 10, 40)
                 except Exception as e:
                     print(f"  M={m} {name} {cfg}: {type(e).__name__}: {str(e)[:200]}")
                     t = math.inf
@@ -161,6 +192,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--sweep", action="store_true", help="also time candidate configs")
     parser.add_argument("--ms", type=str, default=",".join(map(str, MS)))
+    parser.add_argument("--sweep-ms", type=str, default="1,4,16,64,256,1024,4096")
+    parser.add_argument("--sweep-only", action="store_true", help="skip the full table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     assert torch.cuda.is_available(), "bench/kernels.py needs a CUDA GPU"
@@ -172,8 +205,10 @@ def main() -> None:
           f"copy bandwidth {bw / 1e12:.3f} TB/s (read + write, 1 GiB)")  # fmt: skip
 
     layers = {name: make_awq_layer(k, sizes) for name, (k, sizes) in SHAPES.items()}
-    if args.sweep:
-        run_sweep(layers, bw, args.out, slug)
+    if args.sweep or args.sweep_only:
+        run_sweep(layers, bw, args.out, slug, [int(v) for v in args.sweep_ms.split(",")])
+        if args.sweep_only:
+            return
     ms = [int(v) for v in args.ms.split(",")]
     rows: list[dict] = []
     tiny_status = None

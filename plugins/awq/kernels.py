@@ -2,6 +2,9 @@
 
 Weights are in the kernel layout of plugins/awq/layout.py; reference.py is the oracle. Paths:
 
+- ``gemv`` (decode, M <= GEMV_MAX_M): plugins/awq/gemv.py, inline-PTX dequantization and half2
+  FMAs on the CUDA cores (a plain-Triton twin under the interpreter).
+
 - ``fma`` (M = 1): each program owns BLOCK_N output rows and walks its share of K on the CUDA
   cores; the [N, K/8] layout keeps narrow row blocks coalesced, so N / BLOCK_N programs (times
   split-K for the short-N shapes, partial sums added with fp16 atomics) fill the SMs.
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from plugins.awq.gemv import awq_gemv
 from plugins.awq.reference import KCHUNK, PIECE
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
@@ -36,6 +40,10 @@ from plugins.awq.reference import KCHUNK, PIECE
 # bench/kernels.py --sweep on an H100 (bench/results/kernels-h100.md) measured, at M=256, 642 us
 # for the four internlm-chat-20b shapes that way vs 735 us for the best fused tiled config.
 DECODE_MAX_M = 64
+# Batch sizes up to this take the CUDA-core GEMV (plugins/awq/gemv.py): the H100 sweep
+# (bench/kernels.py --sweep-only --sweep-ms 1,2,4,8,16,64, bench/results/kernels-sweep-h100.csv)
+# measured 215 us for the four shapes at M=4 (tl.dot: 276 us), 469 us at M=8 (tl.dot: 285 us).
+GEMV_MAX_M = 4
 DEQUANT_MIN_M = DECODE_MAX_M + 1
 
 # Kernel MODE per path: CUDA-core FMAs, tl.dot with x as operand A, tl.dot with the weights as
@@ -45,7 +53,10 @@ MODES = {"fma": 0, "dot": 1, "dot_t": 2, "tile_dot": 3, "tile_fma": 4}
 
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration; ``path`` is "fma", "dot", "dot_t" or "dequant"."""
+    """One launch configuration; ``path`` is "gemv", "fma", "dot", "dot_t" or "dequant".
+
+    ``gemv`` reads block_n, num_warps, unroll and split_k (its M block is fixed by M).
+    """
 
     path: str
     block_m: int = 16
@@ -60,17 +71,11 @@ class Config:
 def default_config(m: int, n: int, k: int) -> Config:
     """The configuration bench/kernels.py --sweep chose (H100) for an [M, K] x [K, N] product.
 
-    Decode needs several programs per SM to keep enough loads in flight: narrow rows and split-K
-    for the short-N shapes (o, down), wider rows for the long-N ones (qkv, gate_up).
+    Decode needs several programs per SM to keep enough loads in flight: M <= GEMV_MAX_M takes
+    the GEMV (narrow rows; split-K for down), larger decode batches the tensor-core paths.
     """
-    if m == 1:
-        if k > 8192:  # down 13824 -> 5120
-            return Config("fma", 1, 16, unroll=2, split_k=4)
-        if n <= 8192:  # o 5120 -> 5120
-            return Config("fma", 1, 16, unroll=4, split_k=2)
-        if n >= 20000:  # gate_up 5120 -> 27648
-            return Config("fma", 1, 32, num_warps=2, unroll=4)
-        return Config("fma", 1, 64, unroll=2, split_k=2)  # qkv 5120 -> 15360
+    if m <= GEMV_MAX_M:
+        return _gemv_config(m, n, k)
     if m <= 16:
         return Config("dot", 16, 64, unroll=2, split_k=2)
     if m <= DECODE_MAX_M:
@@ -79,6 +84,27 @@ def default_config(m: int, n: int, k: int) -> Config:
             return Config("dot_t", block_m, 32, split_k=2)
         return Config("dot_t", block_m, 64, num_stages=4)
     return Config("dequant", block_n=32)
+
+
+def _gemv_config(m: int, n: int, k: int) -> Config:
+    """GEMV launch per decode shape: the best of the H100 sweep (kernels-sweep-h100.csv)."""
+    if m == 1:
+        if k > 8192:  # down 13824 -> 5120: 34.9 us
+            return Config("gemv", 1, 4, num_warps=1, unroll=8, split_k=2)
+        if n <= 8192:  # o 5120 -> 5120: 18.2 us
+            return Config("gemv", 1, 16, num_warps=4, unroll=4)
+        if n >= 20000:  # gate_up 5120 -> 27648: 43.3 us
+            return Config("gemv", 1, 8, num_warps=1, unroll=4)
+        return Config("gemv", 1, 4, num_warps=1, unroll=4)  # qkv 5120 -> 15360: 30.1 us
+    if m == 2:
+        if k > 8192:  # down: 47.1 us
+            return Config("gemv", 1, 8, num_warps=1, unroll=4, split_k=2)
+        if n <= 8192:  # o: 21.6 us
+            return Config("gemv", 1, 8, num_warps=1, unroll=8)
+        if n >= 20000:  # gate_up: 53.0 us
+            return Config("gemv", 1, 8, num_warps=1, unroll=2)
+        return Config("gemv", 1, 16, num_warps=1, unroll=4)  # qkv: 41.0 us
+    return Config("gemv", 1, 8, num_warps=2, unroll=4)  # M 3..4: 215 us for the four shapes
 
 
 @triton.jit
@@ -320,6 +346,13 @@ def awq_gemm(
     #   -> [M, N] fp16
     m, n, k = _check(x, qweight, scales, qzeros, group_size)
     cfg = config or default_config(m, n, k)
+    if cfg.path == "gemv":
+        if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
+            cfg = Config("gemv", 1, 64, unroll=4)
+        return awq_gemv(
+            x, qweight, scales, qzeros, group_size,
+            block_n=cfg.block_n, unroll=cfg.unroll, split_k=cfg.split_k, num_warps=cfg.num_warps,
+        )  # fmt: skip
     if cfg.path == "dequant":
         return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg.block_n))
     mode = MODES[cfg.path]

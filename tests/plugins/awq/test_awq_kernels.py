@@ -24,6 +24,8 @@ def _configs(m: int) -> dict:
     from plugins.awq.kernels import Config
 
     all_configs = {
+        "gemv": Config("gemv", block_n=16, unroll=2),
+        "gemv-split": Config("gemv", block_n=64, unroll=4, split_k=2),
         "fma": Config("fma", block_m=1, block_n=16),
         "fma-split": Config("fma", block_m=1, block_n=32, unroll=2, split_k=2),
         "decode-dot": Config("dot", block_m=16, block_n=32),
@@ -34,9 +36,9 @@ def _configs(m: int) -> dict:
         "tile_dot": Config("tile_dot", block_m=16, block_n=32, unroll=2),
     }
     names = {
-        1: ["fma", "fma-split", "decode-dot", "tile_fma"],
-        3: ["decode-dot", "decode-dot_t-split", "tile_dot"],
-        17: ["prefill-dot", "decode-dot"],
+        1: ["gemv-split", "fma-split", "decode-dot", "tile_fma"],  # default: gemv
+        3: ["decode-dot", "decode-dot_t-split", "tile_dot"],  # default: gemv
+        17: ["gemv", "prefill-dot", "decode-dot"],  # gemv: three M blocks of 8, the last partial
         64: ["prefill-dot", "dequant", "decode-dot_t-split"],
     }.get(m, list(all_configs))
     if m > 1:
@@ -85,6 +87,30 @@ def test_kernel_strided_rows_and_bad_inputs(awq_weight):
         awq_gemm(x.float(), qweight, scales, qzeros, 32)
     with pytest.raises(AssertionError, match="scales"):
         awq_gemm(x, qweight, scales, qzeros, 64)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_gemv_inline_ptx_matches_reference_and_plain_triton(m, group_size, awq_weight):
+    from plugins.awq.gemv import awq_gemv
+
+    n, k = 1000, 1536  # N not a multiple of any block; K/128 = 12 chunks: partial unrolls, splits
+    w, qweight, scales, qzeros = awq_weight(n, k, group_size, seed=100 + m, device="cuda")
+    x = torch.randn(m, k, device="cuda").half()
+    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, group_size)
+    for block_n, unroll, warps, split_k in ((16, 8, 2, 5), (64, 2, 4, 2)):
+        outs = []
+        for asm in (True, False):
+            y = awq_gemv(
+                x, qweight, scales, qzeros, group_size, block_n, unroll, split_k, warps, asm
+            )
+            torch.cuda.synchronize()
+            assert y.shape == (m, n) and not y.isnan().any(), (block_n, unroll, split_k, asm)
+            assert _rel_err(y, ref) < 2e-3, (block_n, unroll, split_k, asm, _rel_err(y, ref))
+            outs.append(y)
+        assert _rel_err(outs[0], outs[1].float()) < 2e-3
 
 
 @pytest.mark.gpu
