@@ -19,6 +19,7 @@ from core.scheduler import Scheduler
 from core.sequence import Sequence
 from core.stop_strings import StopStringMatcher
 from core.tokenizer import load_tokenizer
+from core.tp_worker import ParallelModelRunner
 
 
 class RequestError(ValueError):
@@ -55,7 +56,10 @@ class Engine:
     def __init__(self, cfg: NybbleConfig, regs: Registries | None = None) -> None:
         regs = regs or get_registries()
         self.cfg = cfg
-        self.runner = ModelRunner(cfg, regs)
+        if cfg.engine.tensor_parallel_size > 1:
+            self.runner: ModelRunner = ParallelModelRunner(cfg, regs)
+        else:
+            self.runner = ModelRunner(cfg, regs)
         mc = self.runner.model_config
         self.model_config = mc
         self.tokenizer = load_tokenizer(mc.tokenizer, mc.path)
@@ -173,6 +177,11 @@ class Engine:
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done at exit)."""
+        if isinstance(self.runner, ParallelModelRunner):
+            self.runner.close()
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

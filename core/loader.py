@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 from core.checkpoint import CheckpointError, checkpoint_info, iter_tensors, read_json
 from core.config import ModelConfig, QuantConfig
 from core.layers.linear import Linear, WeightShapeError
+from core.layers.parallel import VocabParallelEmbedding
 from core.registry import Registry
 from core.weight_format import CheckpointInfo, WeightFormat
 
@@ -108,6 +110,8 @@ def load_hf_weights(model: nn.Module, path: Path, fmt: WeightFormat) -> None:
                     f"(its layers have {[n for n, _ in module.named_parameters()]}); set quant="
                 )
             module.load_shard(param_name, tensor, shard, source=name)
+        elif isinstance(module, VocabParallelEmbedding):
+            module.load_shard(param_name, tensor, shard, source=name)
         else:
             param = getattr(module, param_name)
             if tuple(param.shape) != tuple(tensor.shape):
@@ -173,9 +177,35 @@ def repack_on_meta(model: nn.Module) -> None:
         layer.linear_method.process_weights_after_loading(layer)
 
 
+def _rank_slices(model: nn.Module) -> dict[str, Any]:
+    """Parameter name -> the function that narrows its full tensor to this rank's slice, for
+    the tensor-parallel layers (core.layers.parallel); empty at N=1."""
+    slices = {}
+    for prefix, module in model.named_modules():
+        if hasattr(module, "narrow_full"):
+            for name, _ in module.named_parameters(recurse=False):
+                slices[f"{prefix}.{name}"] = (module.narrow_full, name)
+    return slices
+
+
 def load_workspace_weights(model: nn.Module, path: Path, device: torch.device) -> None:
-    """Read a workspace's tensors (already fused and repacked) straight into ``model``."""
-    state = load_file(str(path / WORKSPACE_WEIGHTS), device=str(device))
+    """Read a workspace's tensors (already fused and repacked) straight into ``model``.
+
+    A workspace holds the full tensors; under tensor parallelism each rank reads them one at a
+    time and keeps its slice, so one workspace serves every valid tensor_parallel_size.
+    """
+    slices = _rank_slices(model)
+    if slices:
+        with safe_open(str(path / WORKSPACE_WEIGHTS), framework="pt") as f:
+            state = {}
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if name in slices:
+                    narrow, param_name = slices[name]
+                    t = narrow(param_name, t).to(device, copy=True)  # frees the full tensor
+                state[name] = t.to(device).contiguous()
+    else:
+        state = load_file(str(path / WORKSPACE_WEIGHTS), device=str(device))
     own = dict(model.named_parameters())
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

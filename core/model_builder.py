@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from core.config import ModelConfig, NybbleConfig
+from core.distributed import SINGLE, TPGroup
 from core.kernels import KernelTable
 from core.loader import (
     info_for,
@@ -27,7 +28,7 @@ from core.loader import (
     resolve_format,
 )
 from core.plugins import Registries
-from core.weight_format import WeightFormat
+from core.weight_format import WEIGHT_ATTRS, WeightFormat
 
 
 @dataclass
@@ -40,12 +41,18 @@ class LoadedModel:
 
 
 def load_model(
-    cfg: NybbleConfig, regs: Registries, device: torch.device, dtype: torch.dtype
+    cfg: NybbleConfig,
+    regs: Registries,
+    device: torch.device,
+    dtype: torch.dtype,
+    tp: TPGroup = SINGLE,
 ) -> LoadedModel:
     """The model of ``cfg.model`` on ``device``, weights in the kernels' layout.
 
     Weights come from a workspace (read as stored), a Hugging Face folder (loaded, fused and
-    repacked), or at random: ``load_format=dummy`` or no ``model.path`` (seeded).
+    repacked), or at random: ``load_format=dummy`` or no ``model.path`` (seeded). With ``tp`` of
+    size N the model is this rank's slice, narrowed from the full tensors as they are read
+    (random weights are drawn per rank: they differ from the N=1 model's).
     """
     path = cfg.model.path
     workspace = is_workspace(path)
@@ -60,19 +67,24 @@ def load_model(
     kernels = KernelTable(regs.kernels, cfg.kernels.backend, device)
     cls = regs.models.get(mc.architecture)
     method = fmt.linear_method(params, kernels)
+    build_args = (mc, method, kernels, dtype)
+    build_kwargs = {"tp": tp} if tp.size > 1 else {}  # models without tensor parallelism work
     dummy = mc.load_format == "dummy" or (path is None and device.type == "cuda")
     if workspace or dummy:
         # straight to the final (repacked) layout: build on meta, repack, then allocate
         with torch.device("meta"):
-            model = cls(mc, method, kernels, dtype)
+            model = cls(*build_args, **build_kwargs)
         repack_on_meta(model)
+        meta = {n: p for n, p in model.named_parameters()}
         model = model.to_empty(device=device)
+        if tp.size > 1:  # the parallel layers narrow workspace tensors by these attributes
+            _restore_weight_attrs(model, meta)
         if workspace:
             load_workspace_weights(model, Path(path), device)
         else:
             init_dummy_on_device(model, mc.seed)
     else:
-        model = cls(mc, method, kernels, dtype)
+        model = cls(*build_args, **build_kwargs)
         if path is None:
             init_random(model, mc.seed)
             for layer in linear_layers(model):
@@ -83,6 +95,14 @@ def load_model(
     _restore_buffers(model, device)
     model.eval()
     return LoadedModel(model, mc, fmt, params, kernels)
+
+
+def _restore_weight_attrs(model: nn.Module, meta: dict[str, torch.Tensor]) -> None:
+    """``to_empty`` from the meta device makes new parameters, without the split attributes."""
+    for name, p in model.named_parameters():
+        for attr in WEIGHT_ATTRS:
+            if hasattr(meta[name], attr):
+                setattr(p, attr, getattr(meta[name], attr))
 
 
 def _restore_buffers(model: nn.Module, device: torch.device) -> None:

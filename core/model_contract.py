@@ -14,7 +14,10 @@ class CausalLM(Protocol):
 
     Built as ``cls(config, linear_method, kernels, dtype)`` where ``config`` is a
     ``core.config.ModelConfig``, ``linear_method`` a ``core.weight_format.LinearMethod`` for the
-    quantizable projections and ``kernels`` a ``core.kernels.KernelTable``.
+    quantizable projections and ``kernels`` a ``core.kernels.KernelTable``. A model that
+    supports tensor parallelism also takes ``tp`` (a ``core.distributed.TPGroup``), passed only
+    when engine.tensor_parallel_size > 1, and builds its layers through
+    ``core.layers.parallel``.
     """
 
     def forward(

@@ -8,6 +8,7 @@ import torch
 
 from core.config import NybbleConfig
 from core.cuda_graphs import DecodeGraphs
+from core.distributed import SINGLE, TPGroup
 from core.layers.attention_metadata import AttentionMetadata
 from core.model_builder import load_model
 from core.plugins import Registries
@@ -34,14 +35,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class ModelRunner:
-    """Turns a ScheduledBatch into logits for the sequences that sample this step."""
+    """Turns a ScheduledBatch into logits for the sequences that sample this step.
 
-    def __init__(self, cfg: NybbleConfig, regs: Registries) -> None:
+    Under tensor parallelism every rank has one, holding its slice of the model and of the KV
+    cache (its heads); all ranks execute the same batches (core.tp_worker).
+    """
+
+    def __init__(self, cfg: NybbleConfig, regs: Registries, tp: TPGroup = SINGLE) -> None:
         self.cfg = cfg
+        self.tp = tp
         self.device = resolve_device(cfg.engine.device)
         self.dtype = resolve_dtype(cfg.engine.dtype, self.device)
         torch.manual_seed(cfg.engine.seed)
-        loaded = load_model(cfg, regs, self.device, self.dtype)
+        loaded = load_model(cfg, regs, self.device, self.dtype, tp)
         self.model = loaded.model
         self.model_config = loaded.model_config
         self.format, self.format_params = loaded.format, loaded.format_params
@@ -63,7 +69,7 @@ class ModelRunner:
     def kv_bytes_per_block(self) -> int:
         mc = self.model_config
         head_dim = mc.hidden_size // mc.num_heads
-        kv_heads = mc.num_kv_heads or mc.num_heads
+        kv_heads = (mc.num_kv_heads or mc.num_heads) // self.tp.size  # this rank's
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * mc.num_layers * self.block_size * kv_heads * head_dim * elem
 
@@ -82,6 +88,8 @@ class ModelRunner:
         else:
             budget = e.cpu_kv_cache_bytes
         num = int(budget // per_block)
+        if self.tp.size > 1:  # block ids are shared: every rank must have all of them
+            num = self.tp.min_int(num, self.device)
         if num < 1:
             raise RuntimeError(
                 f"no memory left for the KV cache ({budget / 2**30:.2f} GiB after weights, "
@@ -109,11 +117,8 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self) -> None:
-        mc = self.model_config
-        head_dim = mc.hidden_size // mc.num_heads
-        kv_heads = mc.num_kv_heads or mc.num_heads
-        shape = (self.num_blocks, self.block_size, kv_heads, head_dim)
         for attn in self.model.attention_layers():
+            shape = (self.num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
             attn.k_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
             attn.v_cache = torch.empty(shape, dtype=self.dtype, device=self.device)
 

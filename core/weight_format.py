@@ -7,7 +7,9 @@ model builds every linear layer through ``LinearMethod`` (vLLM's contract):
    carries ``output_dim`` (the dimension that indexes output features, or None) and
    ``output_pack`` (how many output features one element of that dimension holds, e.g. 8 for
    int4 packed into int32), so fused layers (qkv, gate_up) can be filled shard by shard from
-   separate checkpoint tensors, and tensor parallelism can split them.
+   separate checkpoint tensors, and tensor parallelism can split them. ``input_dim`` and
+   ``input_pack`` say the same of input features (e.g. AWQ scales [K/G, N]: input_dim 0, one
+   element per G inputs), so row-parallel layers can split them by input.
 2. ``process_weights_after_loading`` turns them into the kernel's layout (in place, may rename).
 3. ``apply`` computes ``x @ W^T + b`` with the resolved kernel.
 
@@ -24,13 +26,32 @@ import torch
 from torch import nn
 
 
-def set_weight_attrs(param: torch.Tensor, output_dim: int | None, output_pack: int = 1) -> None:
+def set_weight_attrs(
+    param: torch.Tensor,
+    output_dim: int | None,
+    output_pack: int = 1,
+    input_dim: int | None = None,
+    input_pack: int = 1,
+) -> None:
     param.output_dim = output_dim  # type: ignore[attr-defined]
     param.output_pack = output_pack  # type: ignore[attr-defined]
+    param.input_dim = input_dim  # type: ignore[attr-defined]
+    param.input_pack = input_pack  # type: ignore[attr-defined]
+
+
+WEIGHT_ATTRS = ("output_dim", "output_pack", "input_dim", "input_pack")
 
 
 class LinearMethod:
-    """How one weight format stores and applies linear layers. Subclass per format."""
+    """How one weight format stores and applies linear layers. Subclass per format.
+
+    ``output_block`` / ``input_block``: a tensor-parallel shard's outputs (column-parallel) or
+    inputs (row-parallel) must be a multiple of these, so packed elements, quantization groups
+    and kernel tiles are never cut (both layouts, checkpoint and repacked, must split there).
+    """
+
+    output_block: int = 1
+    input_block: int = 1
 
     def create_weights(
         self,

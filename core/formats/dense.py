@@ -20,7 +20,7 @@ class DenseLinearMethod(LinearMethod):
         weight = nn.Parameter(
             torch.empty(sum(output_sizes), input_size, dtype=params_dtype), requires_grad=False
         )
-        set_weight_attrs(weight, output_dim=0)
+        set_weight_attrs(weight, output_dim=0, input_dim=1)
         layer.weight = weight
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from core.weight_format import CheckpointInfo, LinearMethod, WeightFormat, set_weight_attrs
 from plugins.awq.layout import repack_qweight, repack_qzeros
+from plugins.awq.reference import KCHUNK
 
 SUPPORTED_GROUP_SIZES = (32, 64, 128)
 PACK = 8  # int4 values per int32
@@ -109,9 +111,14 @@ class AWQLinearMethod(LinearMethod):
     ``gemm(x [M, K], qweight, scales, qzeros, group_size) -> [M, N]`` is resolved once, here.
     """
 
+    # tensor-parallel shards: whole int32s of outputs; inputs in whole groups and whole K chunks
+    # of the kernel layout (KCHUNK is a multiple of every supported group size)
+    output_block = PACK
+
     def __init__(self, group_size: int, gemm: Callable[..., torch.Tensor]) -> None:
         self.group_size = _check_group_size(group_size, "AWQLinearMethod")
         self.gemm = gemm
+        self.input_block = math.lcm(self.group_size, KCHUNK)
 
     def create_weights(
         self,
@@ -134,14 +141,14 @@ class AWQLinearMethod(LinearMethod):
                 )
         n = sum(output_sizes)
 
-        def param(shape: tuple[int, int], dtype: torch.dtype, pack: int) -> nn.Parameter:
+        def param(shape: tuple[int, int], dtype: torch.dtype, pack: int, in_pack: int):
             p = nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
-            set_weight_attrs(p, output_dim=1, output_pack=pack)
+            set_weight_attrs(p, output_dim=1, output_pack=pack, input_dim=0, input_pack=in_pack)
             return p
 
-        layer.qweight = param((input_size, n // PACK), torch.int32, PACK)
-        layer.qzeros = param((input_size // g, n // PACK), torch.int32, PACK)
-        layer.scales = param((input_size // g, n), torch.float16, 1)
+        layer.qweight = param((input_size, n // PACK), torch.int32, PACK, 1)
+        layer.qzeros = param((input_size // g, n // PACK), torch.int32, PACK, g)
+        layer.scales = param((input_size // g, n), torch.float16, 1, g)
         layer.awq_repacked = False
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
@@ -152,12 +159,14 @@ class AWQLinearMethod(LinearMethod):
         qweight = repack_qweight(layer.qweight.data)  # (N, K/8)
         qzeros = repack_qzeros(layer.qzeros.data)  # (K/G, N/8)
         scales = layer.scales.data.contiguous()  # (K/G, N)
+        g = self.group_size
         layer.qweight = nn.Parameter(qweight, requires_grad=False)
-        set_weight_attrs(layer.qweight, output_dim=0)
+        # K/8 int32 columns; a K range on KCHUNK boundaries is a contiguous column range
+        set_weight_attrs(layer.qweight, output_dim=0, input_dim=1, input_pack=PACK)
         layer.qzeros = nn.Parameter(qzeros, requires_grad=False)
-        set_weight_attrs(layer.qzeros, output_dim=1, output_pack=PACK)
+        set_weight_attrs(layer.qzeros, output_dim=1, output_pack=PACK, input_dim=0, input_pack=g)
         layer.scales = nn.Parameter(scales, requires_grad=False)
-        set_weight_attrs(layer.scales, output_dim=1)
+        set_weight_attrs(layer.scales, output_dim=1, input_dim=0, input_pack=g)
         layer.awq_repacked = True
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

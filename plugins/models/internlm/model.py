@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
 from torch import nn
 
 from core.config import ModelConfig
+from core.distributed import SINGLE, TPGroup
 from core.formats.dense import DenseLinearMethod
 from core.kernels import KernelTable
 from core.layers.activation import SiluAndMul
 from core.layers.attention import PagedAttention
 from core.layers.attention_metadata import AttentionMetadata
-from core.layers.linear import Linear
+from core.layers.parallel import column_linear, embedding, lm_head, row_linear
 from core.layers.rmsnorm import RMSNorm
 from core.layers.rotary import RotaryEmbedding
 from core.weight_format import LinearMethod
@@ -30,17 +32,27 @@ _PROJ = re.compile(r"^(model\.layers\.\d+\.(?:self_attn|mlp))\.(\w+_proj)\.(\w+)
 
 
 class InternLMAttention(nn.Module):
+    """This rank's heads (all of them at N=1)."""
+
     def __init__(
-        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+        self,
+        cfg: ModelConfig,
+        method: LinearMethod,
+        kernels: KernelTable,
+        dtype: torch.dtype,
+        tp: TPGroup,
     ) -> None:
         super().__init__()
-        self.num_heads = cfg.num_heads
-        self.num_kv_heads = cfg.num_kv_heads or cfg.num_heads
         self.head_dim = cfg.hidden_size // cfg.num_heads
+        self.num_heads = tp.split(cfg.num_heads, "model.num_heads")
+        self.num_kv_heads = tp.split(cfg.num_kv_heads or cfg.num_heads, "model.num_kv_heads")
         q_size = self.num_heads * self.head_dim
         kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(cfg.hidden_size, [q_size, kv_size, kv_size], cfg.bias, method, dtype)
-        self.o_proj = Linear(q_size, [cfg.hidden_size], cfg.bias, method, dtype)
+        tp.split(cfg.hidden_size, "model.hidden_size (o_proj's input)", method.input_block)
+        self.qkv_proj = column_linear(
+            tp, cfg.hidden_size, [q_size, kv_size, kv_size], cfg.bias, method, dtype
+        )
+        self.o_proj = row_linear(tp, q_size, cfg.hidden_size, cfg.bias, method, dtype)
         self.rotary = kernels.get("rotary")
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, kernels)
         self.q_size, self.kv_size = q_size, kv_size
@@ -60,12 +72,18 @@ class InternLMAttention(nn.Module):
 
 class InternLMMLP(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+        self,
+        cfg: ModelConfig,
+        method: LinearMethod,
+        kernels: KernelTable,
+        dtype: torch.dtype,
+        tp: TPGroup,
     ) -> None:
         super().__init__()
-        inter = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], False, method, dtype)
-        self.down_proj = Linear(inter, [cfg.hidden_size], False, method, dtype)
+        block = math.lcm(method.input_block, method.output_block)
+        inter = tp.split(cfg.intermediate_size, "model.intermediate_size", block)
+        self.gate_up_proj = column_linear(tp, cfg.hidden_size, [inter, inter], False, method, dtype)
+        self.down_proj = row_linear(tp, inter, cfg.hidden_size, False, method, dtype)
         self.act = SiluAndMul(kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,13 +92,18 @@ class InternLMMLP(nn.Module):
 
 class InternLMDecoderLayer(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+        self,
+        cfg: ModelConfig,
+        method: LinearMethod,
+        kernels: KernelTable,
+        dtype: torch.dtype,
+        tp: TPGroup,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
-        self.self_attn = InternLMAttention(cfg, method, kernels, dtype)
+        self.self_attn = InternLMAttention(cfg, method, kernels, dtype, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
-        self.mlp = InternLMMLP(cfg, method, kernels, dtype)
+        self.mlp = InternLMMLP(cfg, method, kernels, dtype, tp)
 
     def forward(
         self,
@@ -101,13 +124,18 @@ class InternLMDecoderLayer(nn.Module):
 
 class InternLMModel(nn.Module):
     def __init__(
-        self, cfg: ModelConfig, method: LinearMethod, kernels: KernelTable, dtype: torch.dtype
+        self,
+        cfg: ModelConfig,
+        method: LinearMethod,
+        kernels: KernelTable,
+        dtype: torch.dtype,
+        tp: TPGroup,
     ) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
-        self.embed_tokens.weight.requires_grad_(False)
+        vocab = tp.split(cfg.vocab_size, "model.vocab_size")
+        self.embed_tokens = embedding(tp, vocab, cfg.hidden_size, dtype)
         self.layers = nn.ModuleList(
-            InternLMDecoderLayer(cfg, method, kernels, dtype) for _ in range(cfg.num_layers)
+            InternLMDecoderLayer(cfg, method, kernels, dtype, tp) for _ in range(cfg.num_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, kernels, dtype)
         self.rotary_emb = RotaryEmbedding(
@@ -128,7 +156,11 @@ class InternLMModel(nn.Module):
 
 
 class InternLMForCausalLM(nn.Module):
-    """InternLM v1. Embeddings, norms and lm_head stay dense; projections use ``linear_method``."""
+    """InternLM v1. Embeddings, norms and lm_head stay dense; projections use ``linear_method``.
+
+    With ``tp`` of size N, heads, MLP features and the vocabulary are split N ways
+    (core.layers.parallel); norms and the residual stream are whole on every rank.
+    """
 
     def __init__(
         self,
@@ -136,11 +168,13 @@ class InternLMForCausalLM(nn.Module):
         linear_method: LinearMethod,
         kernels: KernelTable,
         dtype: torch.dtype,
+        tp: TPGroup = SINGLE,
     ) -> None:
         super().__init__()
         self.config = cfg
-        self.model = InternLMModel(cfg, linear_method, kernels, dtype)
-        self.lm_head = Linear(cfg.hidden_size, [cfg.vocab_size], False, DenseLinearMethod(), dtype)
+        self.model = InternLMModel(cfg, linear_method, kernels, dtype, tp)
+        vocab = tp.split(cfg.vocab_size, "model.vocab_size")
+        self.lm_head = lm_head(tp, cfg.hidden_size, vocab, DenseLinearMethod(), dtype)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
