@@ -24,6 +24,10 @@ SHARED_DATA = Path(
     )
 )
 TOKENIZER_PATH = SHARED_DATA / "tokenizer.model"
+needs_tokenizer = pytest.mark.skipif(
+    not TOKENIZER_PATH.is_file(),
+    reason=f"InternLM tokenizer.model not found at {TOKENIZER_PATH} (set NYBBLE_INTERNLM_DATA)",
+)
 
 TINY = dict(
     hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, vocab_size=1000,

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.detokenizer import IncrementalDetokenizer
 from core.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer
+from tests.conftest import TOKENIZER_PATH as TOKENIZER_MODEL
+from tests.conftest import needs_tokenizer
 
-
-def internlm_data_dir() -> Path:
-    """shared/data/internlm beside the checkout, or $NYBBLE_INTERNLM_DATA."""
-    env = os.environ.get("NYBBLE_INTERNLM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "internlm"
-
-
-TOKENIZER_MODEL = internlm_data_dir() / "tokenizer.model"
-needs_model = pytest.mark.skipif(
-    not TOKENIZER_MODEL.is_file(),
-    reason=f"InternLM tokenizer.model not found at {TOKENIZER_MODEL} (set NYBBLE_INTERNLM_DATA)",
-)
+needs_model = needs_tokenizer
 
 BYTE = 3  # id of <0x00> in both InternLM's model and ByteTokenizer
 EOA = 103028

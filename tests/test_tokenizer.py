@@ -4,29 +4,16 @@ reference) and the offline ByteTokenizer."""
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer
+from tests.conftest import TOKENIZER_PATH as TOKENIZER_MODEL
+from tests.conftest import needs_tokenizer
 
-
-def internlm_data_dir() -> Path:
-    """shared/data/internlm beside the checkout, or $NYBBLE_INTERNLM_DATA."""
-    env = os.environ.get("NYBBLE_INTERNLM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "internlm"
-
-
-TOKENIZER_MODEL = internlm_data_dir() / "tokenizer.model"
-needs_model = pytest.mark.skipif(
-    not TOKENIZER_MODEL.is_file(),
-    reason=f"InternLM tokenizer.model not found at {TOKENIZER_MODEL} (set NYBBLE_INTERNLM_DATA)",
-)
+needs_model = needs_tokenizer
 
 SPECIALS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<eoh>": 103027, "<eoa>": 103028}
 

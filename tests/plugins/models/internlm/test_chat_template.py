@@ -3,9 +3,6 @@ and ids of InternLM's chat format, and the session/prefix-cache property."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,17 +10,7 @@ from hypothesis import strategies as st
 from core.chat_template import ChatTemplate
 from core.tokenizer import ByteTokenizer, SentencePieceTokenizer
 from plugins.models.internlm.chat_template import INTERNLM_CHAT
-
-
-def internlm_data_dir() -> Path:
-    """shared/data/internlm beside the checkout, or $NYBBLE_INTERNLM_DATA."""
-    env = os.environ.get("NYBBLE_INTERNLM_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[4] / ".." / "shared" / "data" / "internlm"
-
-
-TOKENIZER_MODEL = internlm_data_dir() / "tokenizer.model"
+from tests.conftest import TOKENIZER_PATH as TOKENIZER_MODEL
 
 # Written out by hand from shared/data/internlm/README.md (not taken from the code under test).
 META = (
