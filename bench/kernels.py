@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from bench.hardware import copy_bandwidth, gpu_slug
 from core.layers.linear import Linear
 from plugins.awq import kernels as awq_kernels
 from plugins.awq.format import AWQLinearMethod
@@ -44,21 +44,8 @@ MS = (1, 2, 4, 8, 16, 32, 64, 256, 1024, 4096)
 TARGETS = {1: 0.80, 16: 0.70}  # layers60 fraction of copy bandwidth; M >= 256: <= 1.2x fp16
 
 
-def gpu_slug(name: str) -> str:
-    m = re.search(r"(h100|h200|a100|h800|l40s|b200)", name.lower())
-    return m.group(1) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def bench_ms(fn, warmup: int = 25, rep: int = 100) -> float:
     return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    """Bytes read + written per second by a 1 GiB device-to-device copy."""
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    t = bench_ms(lambda: b.copy_(a))
-    return 2 * a.numel() / (t * 1e-3)
 
 
 def awq_bytes(k: int, n: int) -> int:

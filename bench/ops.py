@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench, do_bench_cudagraph
 
+from bench.hardware import copy_bandwidth
 from core.ops import reference
 from core.ops import triton_decode_attention as decode_mod
 from core.ops import triton_prefill_attention as prefill_mod
@@ -35,13 +36,6 @@ H, D, HIDDEN, INTER, BS = 40, 128, 5120, 13824, 16
 MAX_BLOCKS = 8192 // BS  # session_len 8192: the static block-table width of graph mode
 L2_BYTES = 50 << 20
 ROWS: list[dict] = []
-
-
-def copy_bandwidth() -> float:
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    ms = do_bench(lambda: y.copy_(x), return_mode="median")
-    return 2 * x.numel() / ms / 1e6  # GB/s, read + write
 
 
 def layers_for(bytes_per_layer: int, cap: int = 60) -> int:
@@ -216,7 +210,7 @@ def main() -> None:
     ap.add_argument("--ops", default="elementwise,decode,prefill", help="comma-separated groups")
     args = ap.parse_args()
     name = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
+    bw = copy_bandwidth() / 1e9  # GB/s, read + write
     print(f"{name} · torch {torch.__version__} · triton {triton.__version__} · copy {bw:.0f} GB/s")
     groups = args.ops.split(",")
     if "elementwise" in groups:
