@@ -114,7 +114,8 @@ class ModelRunner:
             seq = Sequence("warm-up", [0] * n, SamplingParams())
             seq.block_table = list(range(blocks))  # free blocks; what they hold is overwritten
             self.execute(ScheduledBatch(seqs=[seq], num_tokens=[n]))
-        torch.cuda.synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _allocate_kv_cache(self) -> None:
         for attn in self.model.attention_layers():

@@ -226,3 +226,11 @@ def test_greedy_decode_matches_a_full_forward_each_step():
         assert run_all(fresh)["y"].outputs[0].token_ids == [t]
         seq.append(t)
     torch.testing.assert_close(torch.tensor(seq[-6:]), torch.tensor(tokens))
+
+
+def test_warm_up_leaves_no_trace_in_later_requests(reference_tokens):
+    """The start-up warm-up (run on GPUs) writes KV into free blocks; requests must not see it."""
+    engine = make_engine()
+    engine.runner.warm_up()
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert batched(engine) == reference_tokens
