@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.paged_cache_shapes import check_paged_cache
+
 # Context tokens per inner step of a split program, and the programs per SM that the split
 # count aims for at small batch: bench/ops.py --sweep on an H100 (bench/results/ops-*.md);
 # BLOCK_N 64 wins at batch >= 16 (0.65-0.72 of copy bandwidth vs 0.54-0.66 for 32), the split
@@ -142,15 +144,7 @@ def decode_attention(
     # · context_lens [B] int32 (read on the device) -> [B, H, D] (q's dtype)
     bsz, h, d = q.shape
     nb, block_size, hk, dk = k_cache.shape
-    assert dk == d and h % hk == 0, (
-        f"k_cache: expected [NB, BS, Hk | {h}, {d}], got {tuple(k_cache.shape)}"
-    )
-    assert v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous(), (
-        "caches: same shape, contiguous"
-    )
-    assert (
-        block_tables.dim() == 2 and block_tables.shape[0] == bsz and block_tables.stride(1) == 1
-    ), f"block_tables: expected [{bsz}, max_blocks], got {tuple(block_tables.shape)}"
+    check_paged_cache(h, d, bsz, k_cache, v_cache, block_tables)
     assert context_lens.shape == (bsz,), (
         f"context_lens: expected ({bsz},), got {tuple(context_lens.shape)}"
     )

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.paged_cache_shapes import check_paged_cache
+
 # tile sizes (bench/ops.py, prefill attention at internlm-chat-20b shapes)
 BLOCK_M = 64
 BLOCK_N = 64
@@ -101,15 +103,7 @@ def prefill_attention(
     t, h, d = q.shape
     nb, block_size, hk, dk = k_cache.shape
     bsz = context_lens.shape[0]
-    assert dk == d and h % hk == 0, (
-        f"k_cache: expected [NB, BS, Hk | {h}, {d}], got {tuple(k_cache.shape)}"
-    )
-    assert v_cache.shape == k_cache.shape and k_cache.is_contiguous() and v_cache.is_contiguous(), (
-        "caches: same shape, contiguous"
-    )
-    assert (
-        block_tables.dim() == 2 and block_tables.shape[0] == bsz and block_tables.stride(1) == 1
-    ), f"block_tables: expected [{bsz}, max_blocks], got {tuple(block_tables.shape)}"
+    check_paged_cache(h, d, bsz, k_cache, v_cache, block_tables)
     assert query_start_loc.shape == (bsz + 1,), (
         f"query_start_loc: expected ({bsz + 1},), got {tuple(query_start_loc.shape)}"
     )
