@@ -62,13 +62,19 @@ def test_invariants_hold_under_random_operations(ops, num_blocks, block_size):
     assert bm.num_free_blocks == num_blocks
 
 
+def computed_seq(bm: BlockManager, tokens: list[int]) -> Sequence:
+    """A sequence whose tokens are all in the cache, full blocks hashed (as after a step)."""
+    s = seq_of(tokens)
+    bm.match_prefix(s)
+    assert bm.allocate_slots(s, len(tokens))
+    s.num_computed_tokens = len(tokens)
+    bm.commit_full_blocks(s)
+    return s
+
+
 def test_cached_blocks_are_reused_and_evicted_least_recently_freed_first():
     bm = BlockManager(num_blocks=4, block_size=2)
-    a = seq_of([1, 2, 3, 4, 5])
-    bm.match_prefix(a)
-    assert bm.allocate_slots(a, 5)
-    a.num_computed_tokens = 5
-    bm.commit_full_blocks(a)
+    a = computed_seq(bm, [1, 2, 3, 4, 5])
     a_blocks = list(a.block_table)
     bm.free(a)  # blocks [1,2] and [3,4] stay cached
     b = seq_of([1, 2, 3, 4, 9])
@@ -86,11 +92,7 @@ def test_cached_blocks_are_reused_and_evicted_least_recently_freed_first():
 
 def test_shared_prefix_blocks_are_reference_counted():
     bm = BlockManager(num_blocks=8, block_size=2)
-    a = seq_of([1, 2, 3, 4, 5])
-    bm.match_prefix(a)
-    bm.allocate_slots(a, 5)
-    a.num_computed_tokens = 5
-    bm.commit_full_blocks(a)
+    a = computed_seq(bm, [1, 2, 3, 4, 5])
     b = seq_of([1, 2, 3, 4, 6, 7])
     assert bm.match_prefix(b) == 4
     assert b.block_table[:2] == a.block_table[:2]
@@ -102,11 +104,7 @@ def test_shared_prefix_blocks_are_reference_counted():
 
 def test_reset_prefix_cache_frees_cached_blocks_and_forgets_them():
     bm = BlockManager(num_blocks=4, block_size=2)
-    a = seq_of([1, 2, 3, 4, 5])
-    bm.match_prefix(a)
-    bm.allocate_slots(a, 5)
-    a.num_computed_tokens = 5
-    bm.commit_full_blocks(a)
+    a = computed_seq(bm, [1, 2, 3, 4, 5])
     bm.free(a)
     assert len(bm.cached_free) == 2
     assert bm.reset_prefix_cache() == 2

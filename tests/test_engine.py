@@ -4,7 +4,6 @@ request's greedy tokens; aborts free blocks; limits are enforced up front."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from core.engine import RequestError
 from core.sampling_params import SamplingParams
@@ -225,7 +224,6 @@ def test_greedy_decode_matches_a_full_forward_each_step():
         fresh.add_request(seq, greedy(1), "y")
         assert run_all(fresh)["y"].outputs[0].token_ids == [t]
         seq.append(t)
-    torch.testing.assert_close(torch.tensor(seq[-6:]), torch.tensor(tokens))
 
 
 def test_warm_up_leaves_no_trace_in_later_requests(reference_tokens):
