@@ -162,6 +162,7 @@ def _awq_gemv_kernel(
     UNROLL: tl.constexpr,
     SPLIT_K: tl.constexpr,
     ASM: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
     # M blocks fastest: the programs that share a weight tile run together (it stays in L2).
     m0 = tl.program_id(0) * BLOCK_M
@@ -196,10 +197,17 @@ def _awq_gemv_kernel(
     acc5 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
     acc6 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
     acc7 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
+    if PREFETCH:  # register double-buffering: the next tile's loads fly during this one's math
+        q_next = tl.load(qw_ptrs + first * 16, mask=(n3 < N) & (first + u3 < last), other=0)
     for chunk0 in range(first, last, UNROLL):
         chunk3 = chunk0 + u3  # [1, U, 1]
         mask3 = (n3 < N) & (chunk3 < last)  # [BN, U, 1]
-        q = tl.load(qw_ptrs + chunk0 * 16, mask=mask3, other=0)  # [BN, U, 16] int32
+        if PREFETCH:
+            q = q_next
+            nxt = chunk3 + UNROLL
+            q_next = tl.load(qw_ptrs + (chunk0 + UNROLL) * 16, mask=(n3 < N) & (nxt < last), other=0)
+        else:
+            q = tl.load(qw_ptrs + chunk0 * 16, mask=mask3, other=0)  # [BN, U, 16] int32
         s0, z0 = _quarter_params(s_ptr, z_ptr, chunk3, 0, n3, mask3, N, GROUP)
         if GROUP == 128:
             s1, z1, s2, z2, s3, z3 = s0, z0, s0, z0, s0, z0
@@ -253,6 +261,7 @@ def awq_gemv(
     split_k: int = 1,
     num_warps: int = 1,
     asm: bool | None = None,
+    prefetch: bool = False,
 ) -> torch.Tensor:
     """``x @ W^T`` for small M on the CUDA cores (inputs checked by kernels._check).
 
@@ -273,6 +282,6 @@ def awq_gemv(
     _awq_gemv_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, UNROLL=unroll, SPLIT_K=split_k,
-        ASM=asm, num_warps=num_warps,
+        ASM=asm, PREFETCH=prefetch, num_warps=num_warps,
     )  # fmt: skip
     return y

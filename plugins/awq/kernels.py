@@ -40,9 +40,9 @@ from plugins.awq.reference import KCHUNK, PIECE
 # bench/kernels.py --sweep on an H100 (bench/results/kernels-h100.md) measured, at M=256, 642 us
 # for the four internlm-chat-20b shapes that way vs 735 us for the best fused tiled config.
 DECODE_MAX_M = 64
-# Batch sizes up to this take the CUDA-core GEMV (plugins/awq/gemv.py): the H100 sweep
-# (bench/kernels.py --sweep-only --sweep-ms 1,2,4,8,16,64, bench/results/kernels-sweep-h100.csv)
-# measured 215 us for the four shapes at M=4 (tl.dot: 276 us), 469 us at M=8 (tl.dot: 285 us).
+# Batch sizes up to this take the CUDA-core GEMV (plugins/awq/gemv.py): the H100 sweeps
+# measured 161 us for the four shapes at M=4 in CUDA graphs (bench/gemv_graph.py; tl.dot at
+# M=16: 166 us) and, launch by launch, 469 us at M=8 (tl.dot: 285 us; kernels-sweep-h100.csv).
 GEMV_MAX_M = 4
 DEQUANT_MIN_M = DECODE_MAX_M + 1
 
@@ -66,18 +66,22 @@ class Config:
     num_stages: int = 3
     unroll: int = 1  # 128-wide K chunks loaded per loop iteration (more loads in flight)
     split_k: int = 1  # programs sharing one output tile's K range (fp16 atomics)
+    prefetch: bool = False  # gemv: load the next tile before this one's math (double-buffer)
 
 
 def default_config(m: int, n: int, k: int) -> Config:
-    """The configuration bench/kernels.py --sweep chose (H100) for an [M, K] x [K, N] product.
+    """The configuration the H100 sweeps chose for an [M, K] x [K, N] product.
 
     Decode needs several programs per SM to keep enough loads in flight: M <= GEMV_MAX_M takes
-    the GEMV (narrow rows; split-K for down), larger decode batches the tensor-core paths.
+    the GEMV (narrow rows, the next tile prefetched), larger decode batches the tensor-core
+    paths with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside CUDA
+    graphs, as the engine runs them: bench/results/gemv-graph-h100.csv); prefill's from
+    ``bench/kernels.py --sweep``.
     """
     if m <= GEMV_MAX_M:
         return _gemv_config(m, n, k)
-    if m <= 16:
-        return Config("dot", 16, 64, unroll=2, split_k=2)
+    if m <= 16:  # 4 shapes at M=16: 166 us (dot, 4 warps, split-K 2: 280 us)
+        return Config("dot_t", 16, 64, num_warps=2, unroll=2, split_k=4)
     if m <= DECODE_MAX_M:
         block_m = 32 if m <= 32 else 64
         if n <= 8192:
@@ -87,24 +91,19 @@ def default_config(m: int, n: int, k: int) -> Config:
 
 
 def _gemv_config(m: int, n: int, k: int) -> Config:
-    """GEMV launch per decode shape: the best of the H100 sweep (kernels-sweep-h100.csv)."""
-    if m == 1:
-        if k > 8192:  # down 13824 -> 5120: 34.9 us
-            return Config("gemv", 1, 4, num_warps=1, unroll=8, split_k=2)
-        if n <= 8192:  # o 5120 -> 5120: 18.2 us
-            return Config("gemv", 1, 16, num_warps=4, unroll=4)
-        if n >= 20000:  # gate_up 5120 -> 27648: 43.3 us
-            return Config("gemv", 1, 8, num_warps=1, unroll=4)
-        return Config("gemv", 1, 4, num_warps=1, unroll=4)  # qkv 5120 -> 15360: 30.1 us
-    if m == 2:
-        if k > 8192:  # down: 47.1 us
-            return Config("gemv", 1, 8, num_warps=1, unroll=4, split_k=2)
-        if n <= 8192:  # o: 21.6 us
-            return Config("gemv", 1, 8, num_warps=1, unroll=8)
-        if n >= 20000:  # gate_up: 53.0 us
-            return Config("gemv", 1, 8, num_warps=1, unroll=2)
-        return Config("gemv", 1, 16, num_warps=1, unroll=4)  # qkv: 41.0 us
-    return Config("gemv", 1, 8, num_warps=2, unroll=4)  # M 3..4: 215 us for the four shapes
+    """GEMV launch per decode shape: the best of the H100 graph sweep (gemv-graph-h100.csv)."""
+    wide = Config("gemv", 1, 16, num_warps=4, unroll=8, prefetch=True)
+    narrow = Config("gemv", 1, 8, num_warps=1, unroll=2, prefetch=True)
+    if m <= 2:
+        if k > 8192 or n <= 8192:  # down 13824 -> 5120: 24.5 us; o 5120 -> 5120: 11.2 us
+            return wide
+        if n >= 20000:  # gate_up 5120 -> 27648: 33.9 us
+            return narrow
+        # qkv 5120 -> 15360: 20.6 us (M=2: unroll 2, 28.1 us)
+        return Config("gemv", 1, 8, num_warps=1, unroll=4 if m == 1 else 2, prefetch=True)
+    if n >= 20000:  # M 3..4, gate_up: 63.9 us
+        return narrow
+    return Config("gemv", 1, 8, num_warps=2, unroll=4, prefetch=True)  # qkv 40.1, o 16.9, down 40.1
 
 
 @triton.jit
@@ -352,6 +351,7 @@ def awq_gemm(
         return awq_gemv(
             x, qweight, scales, qzeros, group_size,
             block_n=cfg.block_n, unroll=cfg.unroll, split_k=cfg.split_k, num_warps=cfg.num_warps,
+            prefetch=cfg.prefetch,
         )  # fmt: skip
     if cfg.path == "dequant":
         return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg.block_n))

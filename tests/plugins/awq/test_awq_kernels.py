@@ -26,6 +26,7 @@ def _configs(m: int) -> dict:
     all_configs = {
         "gemv": Config("gemv", block_n=16, unroll=2),
         "gemv-split": Config("gemv", block_n=64, unroll=4, split_k=2),
+        "gemv-prefetch": Config("gemv", block_n=16, unroll=2, split_k=3, prefetch=True),
         "fma": Config("fma", block_m=1, block_n=16),
         "fma-split": Config("fma", block_m=1, block_n=32, unroll=2, split_k=2),
         "decode-dot": Config("dot", block_m=16, block_n=32),
@@ -36,8 +37,8 @@ def _configs(m: int) -> dict:
         "tile_dot": Config("tile_dot", block_m=16, block_n=32, unroll=2),
     }
     names = {
-        1: ["gemv-split", "fma-split", "decode-dot", "tile_fma"],  # default: gemv
-        3: ["decode-dot", "decode-dot_t-split", "tile_dot"],  # default: gemv
+        1: ["gemv-split", "gemv-prefetch", "fma-split", "decode-dot", "tile_fma"],  # default: gemv
+        3: ["gemv-prefetch", "decode-dot", "decode-dot_t-split", "tile_dot"],  # default: gemv
         17: ["gemv", "prefill-dot", "decode-dot"],  # gemv: three M blocks of 8, the last partial
         64: ["prefill-dot", "dequant", "decode-dot_t-split"],
     }.get(m, list(all_configs))
@@ -100,11 +101,12 @@ def test_gemv_inline_ptx_matches_reference_and_plain_triton(m, group_size, awq_w
     w, qweight, scales, qzeros = awq_weight(n, k, group_size, seed=100 + m, device="cuda")
     x = torch.randn(m, k, device="cuda").half()
     ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, group_size)
-    for block_n, unroll, warps, split_k in ((16, 8, 2, 5), (64, 2, 4, 2)):
+    for block_n, unroll, warps, split_k, prefetch in ((16, 8, 2, 5, False), (64, 2, 4, 2, True)):
         outs = []
         for asm in (True, False):
             y = awq_gemv(
-                x, qweight, scales, qzeros, group_size, block_n, unroll, split_k, warps, asm
+                x, qweight, scales, qzeros, group_size, block_n, unroll, split_k, warps, asm,
+                prefetch,
             )
             torch.cuda.synchronize()
             assert y.shape == (m, n) and not y.isnan().any(), (block_n, unroll, split_k, asm)

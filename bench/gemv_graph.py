@@ -1,0 +1,148 @@
+"""Decode W4A16 configs timed as the engine runs them: inside CUDA graphs, L2-cold weights.
+
+    PYTHONPATH=. python bench/gemv_graph.py [--out bench/results] [--ms 1,2,4,16]
+
+``bench/kernels.py`` times one launch at a time with ``do_bench`` (host launch cost included,
+tens of microseconds against 20-40 us kernels, and noisy). Here each candidate config runs over
+COPIES distinct random weight sets of one internlm-chat-20b shape, captured in one CUDA graph
+(no launch gaps; the copies together exceed L2, so every launch reads its weights from memory),
+and the replay time / COPIES is the per-layer time. Every config is first checked against the
+fp32 reference on fresh random x. Writes gemv-graph-<gpu>.csv and prints the best per shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import torch
+import triton
+
+from bench.hardware import copy_bandwidth, gpu_slug, versions
+from bench.kernels import GROUP, SHAPES, awq_bytes, make_awq_layer
+from plugins.awq import kernels as awq_kernels
+from plugins.awq.reference import dequantize_kernel
+
+COPIES = 8
+REPLAYS = 30
+C = awq_kernels.Config
+# (block_n, unroll, num_warps, split_k) for the CUDA-core GEMV; each with and without prefetch
+GEMV = [(4, 4, 1, 1), (8, 4, 1, 1), (8, 8, 1, 1), (16, 4, 1, 1), (16, 4, 2, 1), (16, 4, 4, 1),
+        (32, 4, 4, 1), (8, 4, 2, 1), (4, 8, 1, 2), (8, 4, 1, 2), (16, 4, 2, 2), (8, 2, 1, 1),
+        (16, 8, 4, 1), (32, 2, 4, 1)]  # fmt: skip
+
+
+def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
+    default = awq_kernels.default_config(m, n, k)
+    if m > awq_kernels.GEMV_MAX_M:
+        bm = 16 if m <= 16 else 32
+        return [default] + [
+            C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
+            for p in ("dot", "dot_t")
+            for bn, w, st, u, sk in ((32, 4, 3, 2, 2), (64, 4, 3, 2, 2), (64, 4, 4, 1, 1),
+                                     (32, 4, 4, 2, 4), (128, 8, 3, 2, 2), (64, 2, 3, 2, 4))]  # fmt: skip
+    block_m = min(8, triton.next_power_of_2(m))
+    cfgs = [default, C("gemv", 1, default.block_n, num_warps=default.num_warps,
+                       unroll=default.unroll, split_k=default.split_k, prefetch=True)]  # fmt: skip
+    for bn, u, w, sk in GEMV:
+        if bn * u * 16 // (32 * w) * block_m > 64:  # accumulator registers per thread
+            continue
+        for pf in (False, True):
+            cfg = C("gemv", 1, bn, num_warps=w, unroll=u, split_k=sk, prefetch=pf)
+            if cfg not in cfgs:
+                cfgs.append(cfg)
+    return cfgs
+
+
+def graph_time_us(fn) -> float:
+    """Median per-call time of ``fn`` (which runs COPIES launches) replayed as a CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()  # compile / warm up outside the capture
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(3):
+        g.replay()
+    times = []
+    for _ in range(REPLAYS):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / COPIES)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--ms", type=str, default="1,2,4,16")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    gpu = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    print(f"GPU {gpu} | {versions()} | copy bandwidth {bw / 1e12:.3f} TB/s", flush=True)
+    rows = []
+    for name, (k, sizes) in SHAPES.items():
+        layers = [make_awq_layer(k, sizes) for _ in range(COPIES)]
+        n = layers[0].output_size
+        nbytes = awq_bytes(k, n)
+        w = dequantize_kernel(layers[0].qweight, layers[0].scales, layers[0].qzeros, GROUP)
+        for m in [int(v) for v in args.ms.split(",")]:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            ref = x.float() @ w.float().t()
+            for cfg in candidates(m, n, k):
+
+                def run(cfg=cfg, x=x):
+                    for lay in layers:
+                        awq_kernels.awq_gemm(
+                            x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg
+                        )
+
+                try:
+                    y = awq_kernels.awq_gemm(
+                        x, layers[0].qweight, layers[0].scales, layers[0].qzeros, GROUP, config=cfg
+                    )
+                    err = ((y.float() - ref).norm() / ref.norm()).item()
+                    if not err < 2e-3:
+                        raise AssertionError(f"rel err {err:.2e}")
+                    t = graph_time_us(run)
+                except Exception as e:  # keep sweeping; the row records the failure
+                    print(f"  {name} M={m} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+                    t, err = math.inf, math.nan
+                is_default = cfg == awq_kernels.default_config(m, n, k)
+                rows.append(dict(shape=name, M=m, config=repr(cfg), default=is_default,
+                                 time_us=t, frac_bw=nbytes / (t * 1e-6) / bw, rel_err=err))  # fmt: skip
+            sel = [r for r in rows if r["shape"] == name and r["M"] == m]
+            best = min(sel, key=lambda r: r["time_us"])
+            dflt = next(r for r in sel if r["default"])
+            print(f"{name:8s} M={m:3d} default {dflt['time_us']:7.1f} us ({dflt['frac_bw']:.2f}) "
+                  f"best {best['time_us']:7.1f} us ({best['frac_bw']:.2f}) {best['config']}",
+                  flush=True)  # fmt: skip
+        del layers, w
+        torch.cuda.empty_cache()
+    slug = gpu_slug(gpu)
+    with open(args.out / f"gemv-graph-{slug}.csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    print(f"\nlayers60 (4 shapes x 60), {gpu}, copy bw {bw / 1e12:.3f} TB/s")
+    total_bytes = sum(awq_bytes(k, sum(s)) for k, s in SHAPES.values())
+    for m in sorted({r["M"] for r in rows}):
+        sel = [r for r in rows if r["M"] == m]
+        d = sum(r["time_us"] for r in sel if r["default"])
+        b = sum(min(r["time_us"] for r in sel if r["shape"] == s) for s in SHAPES)
+        print(f"M={m:3d}: default {d * 60 / 1e3:6.2f} ms (frac {total_bytes / (d * 1e-6) / bw:.2f})"
+              f" | best per shape {b * 60 / 1e3:6.2f} ms (frac {total_bytes / (b * 1e-6) / bw:.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
