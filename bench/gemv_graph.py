@@ -101,7 +101,7 @@ def main() -> None:
             ref = x.float() @ w.float().t()
             for cfg in candidates(m, n, k):
 
-                def run(cfg=cfg, x=x):
+                def run(cfg=cfg, x=x, layers=layers):
                     for lay in layers:
                         awq_kernels.awq_gemm(
                             x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg

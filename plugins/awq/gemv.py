@@ -205,7 +205,9 @@ def _awq_gemv_kernel(
         if PREFETCH:
             q = q_next
             nxt = chunk3 + UNROLL
-            q_next = tl.load(qw_ptrs + (chunk0 + UNROLL) * 16, mask=(n3 < N) & (nxt < last), other=0)
+            q_next = tl.load(
+                qw_ptrs + (chunk0 + UNROLL) * 16, mask=(n3 < N) & (nxt < last), other=0
+            )
         else:
             q = tl.load(qw_ptrs + chunk0 * 16, mask=mask3, other=0)  # [BN, U, 16] int32
         s0, z0 = _quarter_params(s_ptr, z_ptr, chunk3, 0, n3, mask3, N, GROUP)

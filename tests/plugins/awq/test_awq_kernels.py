@@ -105,7 +105,16 @@ def test_gemv_inline_ptx_matches_reference_and_plain_triton(m, group_size, awq_w
         outs = []
         for asm in (True, False):
             y = awq_gemv(
-                x, qweight, scales, qzeros, group_size, block_n, unroll, split_k, warps, asm,
+                x,
+                qweight,
+                scales,
+                qzeros,
+                group_size,
+                block_n,
+                unroll,
+                split_k,
+                warps,
+                asm,
                 prefetch,
             )
             torch.cuda.synchronize()
