@@ -33,16 +33,23 @@ GEMV = [(4, 4, 1, 1), (8, 4, 1, 1), (8, 8, 1, 1), (16, 4, 1, 1), (16, 4, 2, 1), 
         (32, 4, 4, 1), (8, 4, 2, 1), (4, 8, 1, 2), (8, 4, 1, 2), (16, 4, 2, 2), (8, 2, 1, 1),
         (16, 8, 4, 1), (32, 2, 4, 1)]  # fmt: skip
 
+# (block_n, num_warps, num_stages, unroll, split_k) for the tensor-core decode paths
+DOT = [(64, 2, 3, 2, 4), (64, 1, 3, 2, 4), (32, 2, 3, 2, 4), (128, 4, 3, 2, 4), (64, 2, 3, 2, 8),
+       (64, 2, 2, 2, 4), (64, 4, 3, 2, 4), (32, 1, 3, 2, 8), (128, 2, 3, 2, 4), (64, 2, 4, 1, 4),
+       (32, 4, 4, 2, 4), (64, 4, 4, 1, 1)]  # fmt: skip
+
 
 def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
     default = awq_kernels.default_config(m, n, k)
     if m > awq_kernels.GEMV_MAX_M:
-        bm = 16 if m <= 16 else 32
-        return [default] + [
-            C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
-            for p in ("dot", "dot_t")
-            for bn, w, st, u, sk in ((32, 4, 3, 2, 2), (64, 4, 3, 2, 2), (64, 4, 4, 1, 1),
-                                     (32, 4, 4, 2, 4), (128, 8, 3, 2, 2), (64, 2, 3, 2, 4))]  # fmt: skip
+        bm = 16 if m <= 16 else 32 if m <= 32 else 64
+        cfgs = [default]
+        for p in ("dot_t", "dot"):
+            for bn, w, st, u, sk in DOT:
+                cfg = C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
+                if cfg not in cfgs:
+                    cfgs.append(cfg)
+        return cfgs
     block_m = min(8, triton.next_power_of_2(m))
     cfgs = [default, C("gemv", 1, default.block_n, num_warps=default.num_warps,
                        unroll=default.unroll, split_k=default.split_k, prefetch=True)]  # fmt: skip

@@ -13,7 +13,10 @@ def hf_generate_throughput(
     mc, batches: list[int], prompt_tokens: int, completion_tokens: int
 ) -> dict[int, dict]:
     """tok/s of ``generate`` (prefill included, greedy, no early stop) per batch size."""
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    print(f"transformers {transformers.__version__}: LlamaForCausalLM fp16, static KV cache")
 
     cfg = LlamaConfig(
         vocab_size=mc.vocab_size, hidden_size=mc.hidden_size,
@@ -36,7 +39,9 @@ def hf_generate_throughput(
         kw = dict(max_new_tokens=completion_tokens, min_new_tokens=completion_tokens,
                   do_sample=False, cache_implementation="static", pad_token_id=0)  # fmt: skip
         with torch.inference_mode():
-            model.generate(ids, **{**kw, "max_new_tokens": 8, "min_new_tokens": 8})  # warm-up
+            # warm-up at the measured shapes: with a static cache transformers compiles the
+            # forward per batch size and cache length; the timed run must not include that
+            model.generate(ids, **kw)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()

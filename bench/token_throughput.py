@@ -164,9 +164,32 @@ def run(cfg) -> list[dict]:
     return rows
 
 
+def _earlier_rows(path: Path, keep) -> list[dict]:
+    """Rows of an existing results CSV, numbers parsed, except those ``keep`` rejects."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = [
+            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
+        ]
+    for r in rows:
+        for k in ("batch", "tp", "prompt_tokens", "completion_tokens"):
+            r[k] = int(r[k])
+    return [r for r in rows if keep(r)]
+
+
 def write_results(rows, out_dir: Path, slug: str, header: str, cfg) -> None:
+    """Write the CSV and PNG: this run's rows, plus earlier rows of the same file for other
+    (batch, prompt, completion) runs, so a table can be filled over several invocations."""
     cols = COLUMNS + ["hf_fp16_tok_s", "speedup_vs_hf"]
     path = out_dir / f"token_throughput-{slug}.csv"
+
+    def key(r):
+        return r["batch"], r["prompt_tokens"], r["completion_tokens"]
+
+    new = {key(r) for r in rows}
+    rows = sorted(_earlier_rows(path, lambda r: key(r) not in new) + list(rows),
+                  key=lambda r: (r["prompt_tokens"], r["completion_tokens"], r["batch"]))  # fmt: skip
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

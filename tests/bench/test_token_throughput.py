@@ -37,3 +37,30 @@ def test_token_throughput_writes_the_seed_columns_with_sane_values(tmp_path):
         p = [float(r[f"token_latency_p{q}"]) for q in (50, 75, 95, 99)]
         assert p == sorted(p) and p[0] > 0
         assert 0 < raw["frac_limit"] and float(r["mem_per_proc"]) > 0
+
+
+def test_token_throughput_fills_one_table_over_several_invocations(tmp_path):
+    """A table split over calls (one GPU call cannot hold all 16 runs): earlier rows for other
+    runs stay, a rerun of the same (batch, prompt, completion) replaces its row."""
+
+    def invoke(concurrency: str, pairs: str) -> list[dict]:
+        cfg = compose_config(
+            ["task=token_throughput", "model=internlm-tiny", "engine.device=cpu",
+             f"concurrency={concurrency}", f"token_pairs={pairs}", "baseline_batches=[]",
+             "test_rounds=1", "warmup_rounds=0", f"output_dir={tmp_path}"],
+            config_name="bench",
+        )  # fmt: skip
+        token_throughput.run(cfg)
+        (path,) = tmp_path.glob("token_throughput-*.csv")
+        with path.open() as f:
+            return list(csv.DictReader(f))
+
+    invoke("[1,2]", "[[8,4]]")
+    table = invoke("[2]", "[[8,4],[16,4]]")
+    runs = [(int(r["batch"]), int(r["prompt_tokens"])) for r in table]
+    assert runs == [(1, 8), (2, 8), (2, 16)]  # sorted by prompt, completion, batch
+    before = {(int(r["batch"]), int(r["prompt_tokens"])): r["thr_per_proc"] for r in table}
+    table = invoke("[1]", "[[8,4]]")
+    assert len(table) == 3
+    after = {(int(r["batch"]), int(r["prompt_tokens"])): r["thr_per_proc"] for r in table}
+    assert after[(2, 16)] == before[(2, 16)]  # untouched rows keep their numbers exactly
