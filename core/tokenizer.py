@@ -150,6 +150,12 @@ class SentencePieceTokenizer(Tokenizer):
         try:
             self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
         except Exception as e:  # sentencepiece raises OSError/RuntimeError with a terse text
+            if "null character" in str(e):  # InternLM's model has a "\0" byte piece (id 354)
+                raise RuntimeError(
+                    f"sentencepiece {spm.__version__} refuses {self.path}: {e}. sentencepiece "
+                    "0.2.2 rejects byte pieces that 0.2.0, 0.2.1 and 0.2.3 load; install another "
+                    "version: pip install 'sentencepiece>=0.2.3'"
+                ) from e
             raise ValueError(
                 f"{self.path} is not a SentencePiece model ({e}); point model.tokenizer= at the "
                 f"{TOKENIZER_FILE} of the checkpoint"

@@ -202,3 +202,19 @@ def test_load_not_a_sentencepiece_file(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not a SentencePiece model"):
         load_tokenizer(str(bad), None)
+
+
+def test_sentencepiece_that_refuses_the_null_byte_piece_names_the_fix(tmp_path, monkeypatch):
+    """sentencepiece 0.2.2 refuses InternLM's tokenizer.model (its piece 354 is "\\0"): the
+    error names the installed version and the versions that load it, not a bad file."""
+    import sentencepiece as spm
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("INTERNAL: piece must not include null character.")
+
+    monkeypatch.setattr(spm, "SentencePieceProcessor", refuse)
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(b"\n\x05\n\x01\x00\x15\x00\x00\x00\x00")
+    with pytest.raises(RuntimeError, match=r"pip install 'sentencepiece>=0.2.3'") as info:
+        SentencePieceTokenizer(path)
+    assert spm.__version__ in str(info.value) and str(path) in str(info.value)

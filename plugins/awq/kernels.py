@@ -80,13 +80,17 @@ def default_config(m: int, n: int, k: int) -> Config:
     """
     if m <= GEMV_MAX_M:
         return _gemv_config(m, n, k)
-    if m <= 16:  # 4 shapes at M=16: 166 us (dot, 4 warps, split-K 2: 280 us)
-        return Config("dot_t", 16, 64, num_warps=2, unroll=2, split_k=4)
-    if m <= DECODE_MAX_M:
-        block_m = 32 if m <= 32 else 64
+    split_k = 4 if k > 8192 else 8  # down's 108 K chunks do not divide by 8
+    if m <= 16:  # 4 shapes at M=16: 153 us (dot, 4 warps, split-K 2: 280 us)
+        return Config("dot_t", 16, 64, num_warps=2, unroll=2, split_k=split_k)
+    if m <= 32:  # 4 shapes at M=32: 224 us (dot_t, 4 warps, split-K 2 or none: 329 us)
+        if n <= 8192:  # o: 22.4 us, down: 52.8 us
+            return Config("dot", 32, 64, num_warps=2, unroll=2, split_k=split_k)
+        return Config("dot_t", 32, 128, num_warps=4, unroll=2, split_k=4)  # qkv 55.4, gate_up 92.9
+    if m <= DECODE_MAX_M:  # not yet swept in graphs (bench/kernels.py --sweep)
         if n <= 8192:
-            return Config("dot_t", block_m, 32, split_k=2)
-        return Config("dot_t", block_m, 64, num_stages=4)
+            return Config("dot_t", 64, 32, split_k=2)
+        return Config("dot_t", 64, 64, num_stages=4)
     return Config("dequant", block_n=32)
 
 
