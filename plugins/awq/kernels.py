@@ -81,7 +81,7 @@ def default_config(m: int, n: int, k: int) -> Config:
     if m <= GEMV_MAX_M:
         return _gemv_config(m, n, k)
     split_k = 4 if k > 8192 else 8  # down's 108 K chunks do not divide by 8
-    if m <= 16:  # 4 shapes at M=16: 153 us (dot, 4 warps, split-K 2: 280 us)
+    if m <= 16:  # 4 shapes at M=16: 155 us (dot, 4 warps, split-K 2: 280 us)
         return Config("dot_t", 16, 64, num_warps=2, unroll=2, split_k=split_k)
     if m <= 32:  # 4 shapes at M=32: 224 us (dot_t, 4 warps, split-K 2 or none: 329 us)
         if n <= 8192:  # o: 22.4 us, down: 52.8 us
