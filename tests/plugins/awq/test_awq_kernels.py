@@ -101,27 +101,21 @@ def test_gemv_inline_ptx_matches_reference_and_plain_triton(m, group_size, awq_w
     w, qweight, scales, qzeros = awq_weight(n, k, group_size, seed=100 + m, device="cuda")
     x = torch.randn(m, k, device="cuda").half()
     ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, group_size)
+    # The plain-Triton twin is the interpreter's path (checked for every M on the CPU); compiled
+    # for the GPU it takes ~8 s at one row per program but ~50 s at 4 and ~150 s at 8 (offline
+    # sm_90 compile), which kept `pytest -m gpu` from finishing: compare with it at M=1 only.
+    twin = (True, False) if m == 1 else (True,)
     for block_n, unroll, warps, split_k, prefetch in ((16, 8, 2, 5, False), (64, 2, 4, 2, True)):
         outs = []
-        for asm in (True, False):
-            y = awq_gemv(
-                x,
-                qweight,
-                scales,
-                qzeros,
-                group_size,
-                block_n,
-                unroll,
-                split_k,
-                warps,
-                asm,
-                prefetch,
-            )
+        for asm in twin:
+            y = awq_gemv(x, qweight, scales, qzeros, group_size, block_n=block_n, unroll=unroll,
+                         split_k=split_k, num_warps=warps, asm=asm, prefetch=prefetch)  # fmt: skip
             torch.cuda.synchronize()
             assert y.shape == (m, n) and not y.isnan().any(), (block_n, unroll, split_k, asm)
             assert _rel_err(y, ref) < 2e-3, (block_n, unroll, split_k, asm, _rel_err(y, ref))
             outs.append(y)
-        assert _rel_err(outs[0], outs[1].float()) < 2e-3
+        if len(outs) == 2:
+            assert _rel_err(outs[0], outs[1].float()) < 2e-3
 
 
 @pytest.mark.gpu
