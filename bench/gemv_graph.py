@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import triton
 
+from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_slug, versions
 from bench.kernels import GROUP, SHAPES, awq_bytes, make_awq_layer
 from plugins.awq import kernels as awq_kernels
@@ -76,15 +77,7 @@ def graph_time_us(fn) -> float:
         fn()
     for _ in range(3):
         g.replay()
-    times = []
-    for _ in range(REPLAYS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / COPIES)
-    return sorted(times)[len(times) // 2]
+    return median_replay_ms(g, REPLAYS) * 1e3 / COPIES
 
 
 def main() -> None:

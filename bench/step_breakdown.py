@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_name, gpu_slug, versions
 from bench.token_throughput import kv_bytes_per_token, weight_bytes_per_step
 from core.engine import Engine
@@ -54,16 +55,7 @@ def graph_replay_ms(engine: Engine, batch: int, replays: int = 50) -> float:
     if graphs is None or not torch.cuda.is_available():
         return float("nan")
     bs = next(s for s in graphs.sizes if s >= batch)
-    g = graphs.graphs[bs]
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return median_replay_ms(graphs.graphs[bs], replays)
 
 
 def measure(engine: Engine, timers: _Timers, batch: int, prompt: int, steps: int, cfg, bw) -> dict:
