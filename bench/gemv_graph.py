@@ -13,7 +13,6 @@ fp32 reference on fresh random x. Writes gemv-graph-<gpu>.csv and prints the bes
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import triton
 from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_slug, versions
 from bench.kernels import GROUP, SHAPES, awq_bytes, make_awq_layer
+from bench.sweep import write_csv
 from plugins.awq import kernels as awq_kernels
 from plugins.awq.reference import dequantize_kernel
 
@@ -130,10 +130,7 @@ def main() -> None:
         del layers, w
         torch.cuda.empty_cache()
     slug = gpu_slug(gpu)
-    with open(args.out / f"gemv-graph-{slug}.csv", "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
+    write_csv(rows, list(rows[0]), args.out / f"gemv-graph-{slug}.csv")
     print(f"\nlayers60 (4 shapes x 60), {gpu}, copy bw {bw / 1e12:.3f} TB/s")
     total_bytes = sum(awq_bytes(k, sum(s)) for k, s in SHAPES.values())
     for m in sorted({r["M"] for r in rows}):

@@ -9,7 +9,6 @@ of the step's wall time is host work the GPU waits for. Writes step_breakdown-<g
 
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_name, gpu_slug, versions
+from bench.sweep import write_csv
 from bench.token_throughput import kv_bytes_per_token, weight_bytes_per_step
 from core.engine import Engine
 from core.sampling_params import SamplingParams
@@ -114,10 +114,6 @@ def run(cfg) -> list[dict]:
               f" graph alone {row['graph_frac_limit']:.2f}) | " + " ".join(
                   f"{p} {row[p + '_ms']:.3f}" for p in PHASES), flush=True)  # fmt: skip
     path = out_dir / f"step_breakdown-{gpu_slug(name)}.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()}
-                    for r in rows)  # fmt: skip
+    write_csv(rows, COLUMNS, path)
     print(f"wrote {path}")
     return rows

@@ -7,7 +7,6 @@ together and each generates exactly ``completion`` tokens (ignore_eos); warm-up 
 
 from __future__ import annotations
 
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from bench.hardware import copy_bandwidth, gpu_name, gpu_slug, versions
+from bench.sweep import read_csv, write_csv
 from core.engine import Engine
 from core.sampling_params import SamplingParams
 
@@ -164,20 +164,6 @@ def run(cfg) -> list[dict]:
     return rows
 
 
-def _earlier_rows(path: Path, keep) -> list[dict]:
-    """Rows of an existing results CSV, numbers parsed, except those ``keep`` rejects."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        rows = [
-            {k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)
-        ]
-    for r in rows:
-        for k in ("batch", "tp", "prompt_tokens", "completion_tokens"):
-            r[k] = int(r[k])
-    return [r for r in rows if keep(r)]
-
-
 def write_results(rows, out_dir: Path, slug: str, header: str, cfg) -> None:
     """Write the CSV and PNG: this run's rows, plus earlier rows of the same file for other
     (batch, prompt, completion) runs, so a table can be filled over several invocations."""
@@ -188,13 +174,12 @@ def write_results(rows, out_dir: Path, slug: str, header: str, cfg) -> None:
         return r["batch"], r["prompt_tokens"], r["completion_tokens"]
 
     new = {key(r) for r in rows}
-    rows = sorted(_earlier_rows(path, lambda r: key(r) not in new) + list(rows),
+    earlier = (
+        [{k: v for k, v in r.items() if v != ""} for r in read_csv(path)] if path.exists() else []
+    )
+    rows = sorted([r for r in earlier if key(r) not in new] + list(rows),
                   key=lambda r: (r["prompt_tokens"], r["completion_tokens"], r["batch"]))  # fmt: skip
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(rows, cols, path)
     import matplotlib
 
     matplotlib.use("Agg")

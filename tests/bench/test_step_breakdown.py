@@ -29,7 +29,10 @@ def test_step_breakdown_times_every_phase_of_a_decode_step(tmp_path):
     assert list(table[0]) == step_breakdown.COLUMNS
     for r in rows:
         assert r["steps"] == 5 and r["step_ms"] > 0
-        phases = sum(r[f"{p}_ms"] for p in step_breakdown.PHASES)
-        assert 0 < phases <= r["step_ms"] * 1.05  # medians of parts: at most the whole, roughly
+        # each phase lies inside its step, so its median cannot pass the steps' median; the sum
+        # of medians can, a little, when steps vary
+        for p in step_breakdown.PHASES:
+            assert 0 <= r[f"{p}_ms"] <= r["step_ms"]
+        assert 0 < sum(r[f"{p}_ms"] for p in step_breakdown.PHASES) <= r["step_ms"] * 1.5
         assert r["execute_ms"] > 0 and r["sample_ms"] > 0
         assert math.isnan(r["graph_ms"])  # no CUDA graph on the CPU

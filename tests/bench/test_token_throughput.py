@@ -55,10 +55,19 @@ def test_token_throughput_fills_one_table_over_several_invocations(tmp_path):
         with path.open() as f:
             return list(csv.DictReader(f))
 
-    invoke("[1,2]", "[[8,4]]")
+    table = invoke("[1,2]", "[[8,4]]")
+    # as a GPU run leaves it: the transformers ratio on the batch-1 row only, blank elsewhere
+    (path,) = tmp_path.glob("token_throughput-*.csv")
+    table[0].update(hf_fp16_tok_s="50.5", speedup_vs_hf="1.5")
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(table[0]))
+        w.writeheader()
+        w.writerows(table)
     table = invoke("[2]", "[[8,4],[16,4]]")
     runs = [(int(r["batch"]), int(r["prompt_tokens"])) for r in table]
     assert runs == [(1, 8), (2, 8), (2, 16)]  # sorted by prompt, completion, batch
+    assert (table[0]["hf_fp16_tok_s"], table[0]["speedup_vs_hf"]) == ("50.5", "1.5")
+    assert table[1]["hf_fp16_tok_s"] == table[2]["speedup_vs_hf"] == ""
     before = {(int(r["batch"]), int(r["prompt_tokens"])): r["thr_per_proc"] for r in table}
     table = invoke("[1]", "[[8,4]]")
     assert len(table) == 3
