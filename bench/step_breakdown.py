@@ -1,7 +1,8 @@
 """nybble-bench task=step_breakdown: where one decode step's wall time goes.
 
-For each concurrency B: B requests with ``token_pairs[0]``'s prompt length decode together; the
-engine's phases are timed on the host for every decode step (schedule, model launch, sampling
+For each concurrency B: B requests of ``token_pairs[0] = [prompt, steps]`` prompt tokens are
+prefilled, then ``steps`` decode steps run together; the engine's phases are timed on the host
+for every decode step (schedule, model launch, sampling
 with its one host sync, reporting: detokenize, stop checks, outputs). On CUDA the captured graph
 is also replayed alone and timed with events: its time is the GPU's share of a step, the rest
 of the step's wall time is host work the GPU waits for. Writes step_breakdown-<gpu>.csv.
