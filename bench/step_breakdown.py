@@ -2,10 +2,11 @@
 
 For each concurrency B: B requests of ``token_pairs[0] = [prompt, steps]`` prompt tokens are
 prefilled, then ``steps`` decode steps run together; the engine's phases are timed on the host
-for every decode step (schedule, model launch, sampling
-with its one host sync, reporting: detokenize, stop checks, outputs). On CUDA the captured graph
-is also replayed alone and timed with events: its time is the GPU's share of a step, the rest
-of the step's wall time is host work the GPU waits for. Writes step_breakdown-<gpu>.csv.
+for every decode step (schedule, model launch, sample: waiting for the step's tokens and
+appending them, report: detokenize, stop checks, outputs; with ``engine.async_output`` the
+report runs while the next step computes). On CUDA the captured graph is also replayed alone
+and timed with events: its time is the GPU's share of a step, the rest of the step's wall time
+is host work the GPU waits for. Writes step_breakdown-<gpu>.csv.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def run(cfg) -> list[dict]:
     timers = _Timers()
     timers.wrap(engine.scheduler, "schedule", "schedule")
     timers.wrap(engine.runner, "execute", "execute")
-    timers.wrap(engine, "sampler", "sample")
+    timers.wrap(engine, "_collect", "sample")
     timers.wrap(engine, "_advance", "report")
     prompt = int(cfg.token_pairs[0][0])
     steps = int(cfg.token_pairs[0][1])

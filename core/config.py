@@ -76,6 +76,8 @@ class EngineConfig:
     cpu_kv_cache_bytes: int = 256 * 1024 * 1024  # KV cache budget on CPU
     num_kv_blocks: int | None = None  # fixes the number of KV blocks (tests, benchmarks)
     cuda_graphs: bool = True
+    # report step N (detokenize, stop strings, outputs) while step N + 1 runs on the device
+    async_output: bool = True
     max_graph_batch_size: int = 64
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1

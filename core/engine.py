@@ -13,9 +13,9 @@ from core.engine_stats import EngineStats
 from core.model_runner import ModelRunner
 from core.outputs import CompletionOutput, RequestOutput, Usage
 from core.plugins import Registries, get_registries
-from core.sampler import Sampler, SamplingBatch, make_generator
+from core.sampler import PendingSample, Sampler, SamplingBatch, make_generator
 from core.sampling_params import SamplingParams
-from core.scheduler import Scheduler
+from core.scheduler import ScheduledBatch, Scheduler
 from core.sequence import Sequence
 from core.stop_strings import StopStringMatcher
 from core.tokenizer import load_tokenizer
@@ -50,8 +50,26 @@ class _Request:
     first_token_time: float | None = None
 
 
+@dataclass
+class _Launched:
+    """A model step queued on the device: its batch, the sequences that sample, their tokens."""
+
+    batch: ScheduledBatch
+    sampling: list[Sequence]
+    pending: PendingSample | None
+    num_prefill: int
+    start: float
+
+
 class Engine:
-    """Owns the model runner, scheduler and sampler; ``step`` advances every running request."""
+    """Owns the model runner, scheduler and sampler; ``step`` advances every running request.
+
+    With ``engine.async_output`` (vLLM's async output processing) a step launches the next
+    model step before it reports this one: detokenizing, stop strings and building outputs run
+    on the host while the GPU computes. A sequence whose end is known from its token alone (EOS,
+    a stop token id, max_tokens, session_len) is not scheduled again; one that a stop string
+    ends is already in the launched step, whose token for it is then dropped.
+    """
 
     def __init__(self, cfg: NybbleConfig, regs: Registries | None = None) -> None:
         regs = regs or get_registries()
@@ -77,6 +95,7 @@ class Engine:
         self.sessions: dict[str, list[int]] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
+        self._launched: _Launched | None = None  # the model step on the device, if any
 
     # ---- requests ------------------------------------------------------------------------
     def default_params(self, **overrides) -> SamplingParams:
@@ -185,11 +204,28 @@ class Engine:
 
     # ---- stepping ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample, and report every request that moved."""
+        """Run one model step and report every request that moved (with ``async_output``, the
+        next step is already running on the device when this returns)."""
+        launched = self._launched or self._launch()
+        self._launched = None
+        if launched is None:
+            return []
+        moved = self._collect(launched)
+        if self.cfg.engine.async_output:
+            self._launched = self._launch()
+        outputs = []
+        for rid in dict.fromkeys(s.request_id for s in moved):
+            req = self.requests.get(rid)
+            if req is not None:
+                outputs.append(self._advance(req))
+        return outputs
+
+    def _launch(self) -> _Launched | None:
+        """Schedule and queue one model step and its sampling; nothing waits for the device."""
         batch = self.scheduler.schedule()
         if batch.is_empty:
-            return []
-        t0 = time.monotonic()
+            return None
+        start = time.monotonic()
         num_prefill = sum(
             n
             for s, n in zip(batch.seqs, batch.num_tokens)
@@ -202,6 +238,7 @@ class Engine:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed_tokens += n
             self.block_manager.commit_full_blocks(seq)
+        pending = None
         if sampling:
             sbatch = SamplingBatch.build(
                 [s.params for s in sampling],
@@ -210,19 +247,39 @@ class Engine:
                 [s.generator for s in sampling],
                 self.eos_ids,
             )
-            out = self.sampler(logits, sbatch)
-            for seq, token, lp in zip(sampling, out.token_ids, out.logprobs):
+            pending = self.sampler.launch(logits, sbatch)
+        return _Launched(batch, sampling, pending, num_prefill, start)
+
+    def _collect(self, launched: _Launched) -> list[Sequence]:
+        """Wait for a launched step's tokens and append them; returns the sequences that got one.
+
+        A sequence finished or aborted since the launch gets none (its token is dropped). One
+        that this token ends for sure leaves the scheduler now, before the next launch.
+        """
+        moved = []
+        if launched.pending is not None:
+            out = launched.pending.result()  # the step's one host sync
+            for seq, token, lp in zip(launched.sampling, out.token_ids, out.logprobs):
+                if seq.is_finished:
+                    continue
                 seq.append_token(token)
                 if lp is not None:
                     seq.logprobs.append(lp)
-        self.stats.on_step(num_prefill, time.monotonic() - t0)
-        moved = {s.request_id for s in sampling}
-        outputs = []
-        for rid in moved:
-            req = self.requests.get(rid)
-            if req is not None:
-                outputs.append(self._advance(req))
-        return outputs
+                if self._ends_with(seq, token):
+                    self.scheduler.finish(seq)  # its request reports the end in _advance
+                moved.append(seq)
+        self.stats.on_step(launched.num_prefill, time.monotonic() - launched.start)
+        return moved
+
+    def _ends_with(self, seq: Sequence, token: int) -> bool:
+        """Whether ``token`` (just appended) ends ``seq`` whatever text it makes."""
+        p = seq.params
+        return (
+            token in p.stop_token_ids
+            or (not p.ignore_eos and token in self.eos_ids)
+            or seq.num_output_tokens >= p.max_tokens
+            or len(seq) >= self.session_len
+        )
 
     def _check_finished(self, st: _SeqState, new_tokens: list[int]) -> None:
         seq, p = st.seq, st.seq.params
@@ -245,7 +302,7 @@ class Engine:
             self.stats.on_first_token(now - req.arrival)
         for st in req.states:
             seq = st.seq
-            if seq.is_finished:
+            if seq.finish_reason is not None:  # reported finished (it may have left earlier)
                 continue
             new = seq.output_token_ids[st.emitted_tokens :]
             if new and st.stops.matched is None:

@@ -52,6 +52,21 @@ class SamplerOutput:
     logprobs: list[LogprobInfo | None]  # None where params.logprobs is None
 
 
+@dataclass
+class PendingSample:
+    """A step's sampled tokens, still on the device: ``result()`` copies them to the host (the
+    step's one sync), so the caller can queue more GPU work before it waits."""
+
+    tokens: Tensor  # [B]; with logprobs, the packed rows of _pack_logprobs
+    params: list[SamplingParams]
+    top_k: int = 0  # logprob alternatives packed per row (0: tokens only)
+
+    def result(self) -> SamplerOutput:
+        if self.tokens.dim() == 1:
+            return SamplerOutput(token_ids=self.tokens.tolist(), logprobs=[None] * len(self.params))
+        return _unpack_logprobs(self.tokens.tolist(), self.params, self.top_k)
+
+
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     """The per-sequence generator for a seeded request: build it once, pass it every step."""
     return torch.Generator(device=_resolve(device)).manual_seed(seed)
@@ -256,10 +271,14 @@ class Sampler:
     """Picks the next token of every sequence in a step; see the module docstring for the order.
 
     ``sampler(logits, batch)`` takes logits [B, V] of any float dtype on any device, and a
-    SamplingBatch with B rows, and returns a SamplerOutput.
+    SamplingBatch with B rows, and returns a SamplerOutput; ``sampler.launch(logits, batch)``
+    queues the same work and returns a PendingSample without waiting for the device.
     """
 
     def __call__(self, logits: Tensor, batch: SamplingBatch) -> SamplerOutput:
+        return self.launch(logits, batch).result()
+
+    def launch(self, logits: Tensor, batch: SamplingBatch) -> PendingSample:
         if logits.dim() != 2 or logits.shape[0] != len(batch):
             raise ValueError(
                 f"Sampler: logits have shape {tuple(logits.shape)}, expected [B, V] with "
@@ -267,7 +286,7 @@ class Sampler:
             )
         B, V = logits.shape
         if B == 0:
-            return SamplerOutput(token_ids=[], logprobs=[])
+            return PendingSample(torch.zeros(0, dtype=torch.int64), [])
         device = logits.device
         params = batch.params
         for g in batch.generators:
@@ -343,20 +362,19 @@ class Sampler:
                 tokens = torch.where(is_greedy > 0.5, logits.argmax(dim=-1), tokens)
 
         if raw_logprobs is None:
-            return SamplerOutput(token_ids=tokens.tolist(), logprobs=[None] * B)
-        return _with_logprobs(tokens, raw_logprobs, params)
+            return PendingSample(tokens, list(params))
+        k = max(p.logprobs or 0 for p in params)
+        return PendingSample(_pack_logprobs(tokens, raw_logprobs, k), list(params), k)
 
 
-def _with_logprobs(
-    tokens: Tensor, raw_logprobs: Tensor, params: Sequence[SamplingParams]
-) -> SamplerOutput:
-    """Gather the sampled token's logprob, its rank and the top alternatives; one host copy."""
-    k = max(p.logprobs or 0 for p in params)
+def _pack_logprobs(tokens: Tensor, raw_logprobs: Tensor, k: int) -> Tensor:
+    """The sampled token, its logprob and rank, and the top k alternatives: one [B, 3 + 2k]
+    tensor, so the host gets everything with one copy."""
     sampled_lp = raw_logprobs.gather(1, tokens[:, None])  # [B, 1]
     rank = (raw_logprobs > sampled_lp).sum(dim=-1, keepdim=True) + 1  # [B, 1]
     top_lp, top_ids = raw_logprobs.topk(k, dim=-1)  # [B, k] each, sorted descending
     # fp64 holds token ids, ranks and fp32 logprobs exactly, so one tensor makes one copy.
-    packed = torch.cat(
+    return torch.cat(
         [
             tokens[:, None].double(),
             sampled_lp.double(),
@@ -365,7 +383,12 @@ def _with_logprobs(
             top_lp.double(),
         ],
         dim=1,
-    ).tolist()  # [B, 3 + 2k]
+    )  # [B, 3 + 2k]
+
+
+def _unpack_logprobs(
+    packed: list[list[float]], params: Sequence[SamplingParams], k: int
+) -> SamplerOutput:
     token_ids, infos = [], []
     for p, row in zip(params, packed, strict=True):
         token_id = int(row[0])

@@ -232,3 +232,88 @@ def test_warm_up_leaves_no_trace_in_later_requests(reference_tokens):
     engine.runner.warm_up()
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     assert batched(engine) == reference_tokens
+
+
+def _stream_all(engine) -> dict:
+    """Step to the end; per request: every delta text and the final output."""
+    seen: dict = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            deltas, _ = seen.get(out.request_id, ([], None))
+            seen[out.request_id] = (deltas + [out.outputs[0].delta_text], out)
+    return seen
+
+
+def _mixed_workload(engine, stop: str, stop_id: int) -> dict:
+    engine.add_request(PROMPTS[0], greedy(30, stop=[stop]), "stop-string")
+    engine.add_request(PROMPTS[0], greedy(30, stop=[stop], include_stop_str_in_output=True), "kept")
+    engine.add_request(PROMPTS[3], greedy(10, stop_token_ids=[stop_id]), "stop-id")
+    engine.add_request(PROMPTS[1], greedy(7, logprobs=2), "logprobs")
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=9, n=2, seed=5)
+    engine.add_request(PROMPTS[2], seeded, "seeded")
+    engine.add_request(PROMPTS[4], greedy(3), "short")
+    return _stream_all(engine)
+
+
+def test_async_output_reports_exactly_what_the_synchronous_loop_reports():
+    sync = make_engine(async_output=False)
+    sync.add_request(PROMPTS[0], greedy(30), "free")
+    sync.add_request(PROMPTS[3], greedy(10), "free-3")
+    free = run_all(sync)
+    text = free["free"].outputs[0].text
+    i = next(i for i in range(5, len(text) - 3) if text.find(text[i : i + 3]) == i)
+    stop, stop_id = text[i : i + 3], free["free-3"].outputs[0].token_ids[4]
+    results = {}
+    for flag in (False, True):
+        engine = make_engine(async_output=flag)
+        results[flag] = _mixed_workload(engine, stop, stop_id)
+        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+        engine.block_manager.check_invariants()
+    assert results[True].keys() == results[False].keys()
+    for rid, (deltas, final) in results[False].items():
+        async_deltas, async_final = results[True][rid]
+        assert async_deltas == deltas, rid  # the same stream, step for step
+        for a, b in zip(async_final.outputs, final.outputs, strict=True):
+            assert (a.token_ids, a.text, a.finish_reason, a.stop_reason) == (
+                b.token_ids, b.text, b.finish_reason, b.stop_reason
+            ), rid  # fmt: skip
+            assert [(lp.token_id, lp.rank) for lp in a.logprobs] == [
+                (lp.token_id, lp.rank) for lp in b.logprobs
+            ]
+    assert results[True]["stop-string"][1].outputs[0].finish_reason == "stop"
+    assert results[True]["stop-id"][1].outputs[0].finish_reason == "stop"
+
+
+def test_async_output_launches_the_next_step_before_reporting_this_one():
+    engine = make_engine(async_output=True)
+    engine.add_request(PROMPTS[0], greedy(2), "ends")
+    engine.add_request(PROMPTS[1], greedy(5), "goes-on")
+    engine.step()  # prefill of both: the first tokens; the first decode step is launched
+    assert engine._launched is not None
+    assert {s.request_id for s in engine._launched.batch.seqs} == {"ends", "goes-on"}
+    (out,) = [o for o in engine.step() if o.request_id == "ends"]
+    assert out.finished and len(out.outputs[0].token_ids) == 2
+    # its end was known from the token count: the step launched meanwhile does not carry it
+    assert [s.request_id for s in engine._launched.batch.seqs] == ["goes-on"]
+    sync = make_engine(async_output=False)
+    sync.add_request(PROMPTS[1], greedy(5), "goes-on")
+    sync.step()
+    assert sync._launched is None
+
+
+def test_abort_while_a_step_is_in_flight_drops_its_token():
+    engine = make_engine(async_output=True)
+    total = engine.block_manager.num_free_blocks
+    engine.add_request(PROMPTS[2], greedy(20), "aborted")
+    engine.add_request(PROMPTS[5], greedy(6), "other")
+    for _ in range(3):
+        engine.step()
+    assert any(s.request_id == "aborted" for s in engine._launched.batch.seqs)
+    final = engine.abort("aborted")
+    assert final.finished and final.outputs[0].finish_reason == "abort"
+    kept = list(final.outputs[0].token_ids)
+    done = run_all(engine)
+    assert "aborted" not in done and done["other"].outputs[0].finish_reason == "length"
+    assert kept == final.outputs[0].token_ids  # the in-flight token never reached it
+    assert engine.block_manager.num_free_blocks == total
+    engine.block_manager.check_invariants()
