@@ -65,8 +65,8 @@ class Engine:
     """Owns the model runner, scheduler and sampler; ``step`` advances every running request.
 
     With ``engine.async_output`` (vLLM's async output processing) a step launches the next
-    model step before it reports this one: detokenizing, stop strings and building outputs run
-    on the host while the GPU computes. A sequence whose end is known from its token alone (EOS,
+    model step, when that is a decode step, before it reports this one: detokenizing, stop
+    strings and building outputs run on the host while the GPU computes. A sequence whose end is known from its token alone (EOS,
     a stop token id, max_tokens, session_len) is not scheduled again; one that a stop string
     ends is already in the launched step, whose token for it is then dropped.
     """
@@ -211,7 +211,7 @@ class Engine:
         if launched is None:
             return []
         moved = self._collect(launched)
-        if self.cfg.engine.async_output:
+        if self.cfg.engine.async_output and self._next_step_decodes_only():
             self._launched = self._launch()
         outputs = []
         for rid in dict.fromkeys(s.request_id for s in moved):
@@ -249,6 +249,15 @@ class Engine:
             )
             pending = self.sampler.launch(logits, sbatch)
         return _Launched(batch, sampling, pending, num_prefill, start)
+
+    def _next_step_decodes_only(self) -> bool:
+        """Whether the next step is one token per running sequence: a step that prefills is not
+        launched ahead, since its launch (eager, kernel by kernel) would delay this report, the
+        first tokens of the requests it prefilled."""
+        sched = self.scheduler
+        if sched.waiting and len(sched.running) < sched.max_batch_size:
+            return False  # a waiting request joins the next step
+        return all(seq.num_uncomputed_tokens == 1 for seq in sched.running)
 
     def _collect(self, launched: _Launched) -> list[Sequence]:
         """Wait for a launched step's tokens and append them; returns the sequences that got one.

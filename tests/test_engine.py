@@ -295,6 +295,12 @@ def test_async_output_launches_the_next_step_before_reporting_this_one():
     assert out.finished and len(out.outputs[0].token_ids) == 2
     # its end was known from the token count: the step launched meanwhile does not carry it
     assert [s.request_id for s in engine._launched.batch.seqs] == ["goes-on"]
+    # a step that prefills is not launched ahead (its eager launch would delay this report)
+    engine.add_request(PROMPTS[2], greedy(3), "joins")
+    engine.step()
+    assert engine._launched is None
+    engine.step()  # the prefill of "joins" with the decode of "goes-on"; then decodes again
+    assert {s.request_id for s in engine._launched.batch.seqs} == {"goes-on", "joins"}
     sync = make_engine(async_output=False)
     sync.add_request(PROMPTS[1], greedy(5), "goes-on")
     sync.step()
