@@ -299,26 +299,35 @@ class Sampler:
         want_logprobs = any(p.logprobs is not None for p in params)
         raw_logprobs = logits.log_softmax(dim=-1) if want_logprobs else None  # [B, V]
 
-        # One host->device copy for all per-row numbers. Greedy rows go through the sampling
-        # path as no-op filters with top_k=1 (their draw is discarded), so they never force a
-        # full sort.
+        # One host->device copy for all per-row numbers (none when every row is greedy and
+        # unpenalized: the common decode batch). Greedy rows go through the sampling path as
+        # no-op filters with top_k=1 (their draw is discarded), so they never force a full sort.
         greedy = [p.is_greedy for p in params]
-        table = torch.tensor(
-            [
-                [1.0, 1.0, 1.0, 0.0, 1.0]
-                if g
-                else [p.temperature, p.top_p, float(p.top_k if p.top_k > 0 else V), p.min_p, 0.0]
-                for p, g in zip(params, greedy, strict=True)
-            ],
-            dtype=torch.float32,
-        )  # [B, 5]
-        penalties = torch.tensor(
-            [[p.repetition_penalty, p.presence_penalty, p.frequency_penalty] for p in params],
-            dtype=torch.float32,
-        )  # [B, 3]
-        temperature, top_p, top_k, min_p, is_greedy, rep, presence, frequency = _to_device(
-            torch.cat([table, penalties], dim=1), device
-        ).unbind(dim=1)  # each [B]
+        use_rep = [p.repetition_penalty != 1.0 for p in params]
+        use_pf = [p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params]
+        if not all(greedy) or any(use_rep) or any(use_pf):
+            table = torch.tensor(
+                [
+                    [1.0, 1.0, 1.0, 0.0, 1.0]
+                    if g
+                    else [
+                        p.temperature,
+                        p.top_p,
+                        float(p.top_k if p.top_k > 0 else V),
+                        p.min_p,
+                        0.0,
+                    ]
+                    for p, g in zip(params, greedy, strict=True)
+                ],
+                dtype=torch.float32,
+            )  # [B, 5]
+            penalties = torch.tensor(
+                [[p.repetition_penalty, p.presence_penalty, p.frequency_penalty] for p in params],
+                dtype=torch.float32,
+            )  # [B, 3]
+            temperature, top_p, top_k, min_p, is_greedy, rep, presence, frequency = _to_device(
+                torch.cat([table, penalties], dim=1), device
+            ).unbind(dim=1)  # each [B]
 
         banned = [
             banned_token_ids(p, len(out), batch.eos_token_ids)
@@ -327,8 +336,6 @@ class Sampler:
         if any(banned):
             logits = apply_bans(logits, banned)
 
-        use_rep = [p.repetition_penalty != 1.0 for p in params]
-        use_pf = [p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 for p in params]
         if any(use_rep) or any(use_pf):
             # Only rows with a penalty contribute tokens; the others' counts stay zero.
             outputs = [

