@@ -2,11 +2,12 @@
 
 For each concurrency B: B requests of ``token_pairs[0] = [prompt, steps]`` prompt tokens are
 prefilled, then ``steps`` decode steps run together; the engine's phases are timed on the host
-for every decode step (schedule, model launch, sample: waiting for the step's tokens and
-appending them, report: detokenize, stop checks, outputs; with ``engine.async_output`` the
-report runs while the next step computes). On CUDA the captured graph is also replayed alone
-and timed with events: its time is the GPU's share of a step, the rest of the step's wall time
-is host work the GPU waits for. Writes step_breakdown-<gpu>.csv.
+for every decode step (schedule; execute: the model's launch; sampler_launch: queuing the
+sampling ops and their per-row inputs; sample: waiting for the step's tokens and appending
+them; report: detokenize, stop checks, outputs, which with ``engine.async_output`` run while
+the next step computes). On CUDA the captured graph is also replayed alone and timed with
+events: its time is the GPU's share of a step, the rest of the step's wall time is host work
+the GPU waits for. Writes step_breakdown-<gpu>.csv.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bench.token_throughput import kv_bytes_per_token, weight_bytes_per_step
 from core.engine import Engine
 from core.sampling_params import SamplingParams
 
-PHASES = ("schedule", "execute", "sample", "report")
+PHASES = ("schedule", "execute", "sampler_launch", "sample", "report")
 COLUMNS = ["batch", "prompt_tokens", "steps", "step_ms", "graph_ms", "host_ms", "limit_ms",
            "frac_limit", "graph_frac_limit"] + [f"{p}_ms" for p in PHASES]  # fmt: skip
 
@@ -103,6 +104,7 @@ def run(cfg) -> list[dict]:
     timers = _Timers()
     timers.wrap(engine.scheduler, "schedule", "schedule")
     timers.wrap(engine.runner, "execute", "execute")
+    timers.wrap(engine.sampler, "launch", "sampler_launch")
     timers.wrap(engine, "_collect", "sample")
     timers.wrap(engine, "_advance", "report")
     prompt = int(cfg.token_pairs[0][0])
