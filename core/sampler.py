@@ -1,6 +1,6 @@
 """Sampler: one step's logits [B, V] -> one token per sequence (plus logprobs when asked).
 
-Order of processing, for all rows at once:
+Order of processing, for all rows at once (the processors are in core/logits_processors.py):
   1. cast the logits to fp32; if a row asks for logprobs, take log_softmax of these raw logits
      (vLLM's default "raw logprobs": before any penalty, temperature or truncation);
   2. bans: EOS and ``stop_token_ids`` -> -inf while len(output) < min_tokens; EOS -> -inf
@@ -20,18 +20,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from core.logits_processors import (
+    apply_bans,
+    apply_min_p,
+    apply_penalties,
+    apply_temperature,
+    apply_top_k_top_p,
+    banned_token_ids,
+    sample_exponential,
+    to_device,
+    token_counts,
+)
 from core.sampling_params import SamplingParams
-
-# Largest top_k for which torch.topk beats a full sort of the vocabulary. H100, V=103168,
-# B=256, torch 2.11: topk 0.63-0.68 ms for k <= 1024 vs sort 3.96 ms; at k=4096 topk falls
-# back to a sort (3.96 ms).
-TOPK_INSTEAD_OF_SORT = 1024
 
 
 @dataclass
@@ -138,135 +142,6 @@ class SamplingBatch:
         )
 
 
-def _to_device(t: Tensor, device: torch.device) -> Tensor:
-    # Pinned + non_blocking so the copy does not wait for the model's kernels to finish.
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def _flat_index(token_ids: Sequence[Sequence[int]], vocab_size: int) -> Tensor:
-    """Row-major indices row * V + token into a flattened [B, V] tensor, built on the host."""
-    lens = np.fromiter(map(len, token_ids), dtype=np.int64, count=len(token_ids))  # [B]
-    # fromiter over a chain is ~7x faster than torch.tensor on a flattened Python list.
-    tokens = np.fromiter(chain.from_iterable(token_ids), dtype=np.int64, count=int(lens.sum()))
-    rows = np.repeat(np.arange(len(token_ids), dtype=np.int64), lens)  # [N]
-    return torch.from_numpy(rows * vocab_size + tokens)  # [N]
-
-
-def token_counts(
-    token_ids: Sequence[Sequence[int]], vocab_size: int, device: torch.device | str = "cpu"
-) -> Tensor:
-    """counts[b, v] = how often token v occurs in token_ids[b], as fp32 [B, V] (scatter_add)."""
-    device = torch.device(device)
-    idx = _to_device(_flat_index(token_ids, vocab_size), device)  # [N]
-    counts = torch.zeros(len(token_ids) * vocab_size, dtype=torch.float32, device=device)
-    counts.scatter_add_(0, idx, torch.ones_like(idx, dtype=torch.float32))
-    return counts.view(len(token_ids), vocab_size)  # [B, V]
-
-
-def banned_token_ids(
-    params: SamplingParams, num_output_tokens: int, eos_token_ids: Iterable[int]
-) -> list[int]:
-    """Tokens a row may not sample now: EOS for ignore_eos; EOS and stop ids before min_tokens."""
-    banned: list[int] = []
-    if num_output_tokens < params.min_tokens:
-        banned += [*eos_token_ids, *params.stop_token_ids]
-    elif params.ignore_eos:
-        banned += list(eos_token_ids)
-    return banned
-
-
-def apply_bans(logits: Tensor, banned: Sequence[Sequence[int]]) -> Tensor:
-    """logits [B, V] with logits[b, v] = -inf for v in banned[b] (ids >= V are ignored)."""
-    B, V = logits.shape
-    banned = [[t for t in row if 0 <= t < V] for row in banned]
-    idx = _to_device(_flat_index(banned, V), logits.device)  # [N]
-    out = logits.clone()
-    out.view(-1).index_fill_(0, idx, float("-inf"))
-    return out  # [B, V]
-
-
-def apply_penalties(
-    logits: Tensor,
-    prompt_counts: Tensor | None,
-    output_counts: Tensor,
-    repetition_penalty: Tensor,
-    presence_penalty: Tensor,
-    frequency_penalty: Tensor,
-) -> Tensor:
-    """Repetition (over prompt + output), then presence/frequency (over output) penalties.
-
-    logits, prompt_counts, output_counts [B, V]; the penalties [B]. prompt_counts may be None
-    (no row has a repetition penalty, or only output tokens count).
-    """
-    seen = output_counts > 0  # [B, V]
-    if prompt_counts is not None:
-        seen = seen | (prompt_counts > 0)
-    rp = repetition_penalty[:, None]  # [B, 1]
-    penalized = torch.where(logits > 0, logits / rp, logits * rp)  # [B, V]
-    logits = torch.where(seen, penalized, logits)
-    logits = logits - frequency_penalty[:, None] * output_counts
-    return logits - presence_penalty[:, None] * (output_counts > 0).to(logits.dtype)
-
-
-def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
-    """logits [B, V] / temperature [B] (every temperature > 0)."""
-    return logits / temperature[:, None]
-
-
-def apply_top_k_top_p(
-    logits: Tensor, top_k: Tensor | None, top_p: Tensor | None, max_top_k: int | None = None
-) -> Tensor:
-    """Keep each row's top_k largest logits, then its nucleus: the smallest set of the most
-    likely tokens whose probability sums to >= top_p (always at least one token).
-
-    logits [B, V]; top_k [B] integers (>= V = off); top_p [B] in (0, 1] (1 = off). Either may
-    be None (off for every row). Dropped logits become -inf; ties at the k-th value are broken
-    by sort order, so exactly k survive. ``max_top_k``, a host-side bound on every row's top_k,
-    lets a partial topk replace the full sort of the vocabulary.
-    """
-    B, V = logits.shape
-    if max_top_k is not None and max_top_k <= TOPK_INSTEAD_OF_SORT:
-        sorted_logits, sorted_idx = logits.topk(min(max_top_k, V), dim=-1)  # [B, K] descending
-    else:
-        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
-    if top_k is not None:
-        positions = torch.arange(sorted_logits.shape[1], device=logits.device)  # [K]
-        sorted_logits = sorted_logits.masked_fill(positions[None, :] >= top_k[:, None], -torch.inf)
-    if top_p is not None:
-        probs = sorted_logits.softmax(dim=-1)  # [B, K]
-        cum = probs.cumsum(dim=-1)  # [B, K]
-        cum_before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # [B, K] mass of better tokens
-        drop = (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [B, K]
-        sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
-    return torch.full_like(logits, -torch.inf).scatter(-1, sorted_idx, sorted_logits)  # [B, V]
-
-
-def apply_min_p(logits: Tensor, min_p: Tensor) -> Tensor:
-    """Drop tokens whose probability is below min_p [B] times the row's top probability."""
-    probs = logits.softmax(dim=-1)  # [B, V]
-    threshold = min_p[:, None] * probs.amax(dim=-1, keepdim=True)  # [B, 1]
-    return logits.masked_fill(probs < threshold, -torch.inf)
-
-
-def sample_exponential(probs: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor:
-    """One token per row of probs [B, V] by argmax(probs / q), q ~ Exponential(1) -> [B] int64.
-
-    Rows with a generator draw their q from it (V draws per step, whatever the batch); the
-    others share one draw from torch's default generator.
-    """
-    q = torch.empty_like(probs)  # [B, V]
-    if any(g is None for g in generators):
-        q.exponential_()
-    for i, g in enumerate(generators):
-        if g is not None:
-            q[i].exponential_(generator=g)
-    # exponential_ may return 0 in fp32; a tiny floor keeps probs / q finite for dropped tokens.
-    q.clamp_min_(torch.finfo(q.dtype).tiny)
-    return (probs / q).argmax(dim=-1)  # [B]
-
-
 class Sampler:
     """Picks the next token of every sequence in a step; see the module docstring for the order.
 
@@ -325,7 +200,7 @@ class Sampler:
                 [[p.repetition_penalty, p.presence_penalty, p.frequency_penalty] for p in params],
                 dtype=torch.float32,
             )  # [B, 3]
-            temperature, top_p, top_k, min_p, is_greedy, rep, presence, frequency = _to_device(
+            temperature, top_p, top_k, min_p, is_greedy, rep, presence, frequency = to_device(
                 torch.cat([table, penalties], dim=1), device
             ).unbind(dim=1)  # each [B]
 

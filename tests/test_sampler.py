@@ -6,17 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from core.sampler import (
-    Sampler,
-    SamplingBatch,
+from core.logits_processors import (
     apply_bans,
     apply_min_p,
     apply_penalties,
     apply_top_k_top_p,
     banned_token_ids,
-    make_generator,
     token_counts,
 )
+from core.sampler import Sampler, SamplingBatch, make_generator
 from core.sampling_params import SamplingParams
 
 NEG_INF = float("-inf")
