@@ -280,28 +280,25 @@ class Engine:
         self.stats.on_step(launched.num_prefill, time.monotonic() - launched.start)
         return moved
 
+    def _is_stop_token(self, seq: Sequence, token: int) -> bool:
+        p = seq.params
+        return token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids)
+
+    def _at_length(self, seq: Sequence) -> bool:
+        return seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.session_len
+
     def _ends_with(self, seq: Sequence, token: int) -> bool:
         """Whether ``token`` (just appended) ends ``seq`` whatever text it makes."""
-        p = seq.params
-        return (
-            token in p.stop_token_ids
-            or (not p.ignore_eos and token in self.eos_ids)
-            or seq.num_output_tokens >= p.max_tokens
-            or len(seq) >= self.session_len
-        )
+        return self._is_stop_token(seq, token) or self._at_length(seq)
 
     def _check_finished(self, st: _SeqState, new_tokens: list[int]) -> None:
-        seq, p = st.seq, st.seq.params
+        seq = st.seq
         for t in new_tokens:
-            if t in p.stop_token_ids:
-                seq.finish_reason, seq.stop_reason = "stop", t
-            elif not p.ignore_eos and t in self.eos_ids:
+            if self._is_stop_token(seq, t):
                 seq.finish_reason, seq.stop_reason = "stop", t
         if seq.finish_reason is None and st.stops.matched is not None:
             seq.finish_reason, seq.stop_reason = "stop", st.stops.matched
-        if seq.finish_reason is None and (
-            seq.num_output_tokens >= p.max_tokens or len(seq) >= self.session_len
-        ):
+        if seq.finish_reason is None and self._at_length(seq):
             seq.finish_reason = "length"
 
     def _advance(self, req: _Request) -> RequestOutput:
