@@ -113,7 +113,8 @@ class BlockManager:
             return
         hashes = self.seq_hashes.setdefault(seq.seq_id, [])
         bs = self.block_size
-        num_full = seq.num_computed_tokens // bs
+        # a block holding a token still being sampled is hashed once the token is known
+        num_full = min(seq.num_computed_tokens, seq.num_known_tokens) // bs
         while len(hashes) < num_full:
             i = len(hashes)
             h = block_hash(

@@ -78,6 +78,9 @@ class EngineConfig:
     cuda_graphs: bool = True
     # report step N (detokenize, stop strings, outputs) while step N + 1 runs on the device
     async_output: bool = True
+    # launch decode step N + 1 before step N's tokens reach the host (fed on the device); needs
+    # async_output
+    async_scheduling: bool = True
     max_graph_batch_size: int = 64
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1
@@ -200,6 +203,12 @@ def validate(cfg: NybbleConfig) -> NybbleConfig:
         _positive(f"engine.{key}", getattr(e, key))
     if e.num_kv_blocks is not None:
         _positive("engine.num_kv_blocks", e.num_kv_blocks)
+    if e.async_scheduling and not e.async_output:
+        _fail(
+            "engine.async_scheduling",
+            e.async_scheduling,
+            "false when engine.async_output=false (it launches steps ahead of their outputs)",
+        )
     if not 0.0 < e.gpu_memory_utilization <= 1.0:
         _fail("engine.gpu_memory_utilization", e.gpu_memory_utilization, "a fraction in (0, 1]")
     if s.temperature < 0:

@@ -11,6 +11,7 @@ from core.layers.attention_metadata import AttentionMetadata
 if TYPE_CHECKING:
     from core.model_runner import ModelRunner
     from core.scheduler import ScheduledBatch
+    from core.sequence import FedTokens
 
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)
 
@@ -26,12 +27,18 @@ class DecodeGraphs:
         self.max_bs = limit
         dev = runner.device
         mb = runner.max_blocks_per_seq
-        # one pinned staging buffer per dtype, copied up with one transfer each per step
-        self.host_i64 = torch.zeros((3, limit), dtype=torch.int64, pin_memory=True)
-        self.host_i32 = torch.zeros((limit, mb + 1), dtype=torch.int32, pin_memory=True)
+        # pinned staging per dtype, copied up with one transfer each per step; two sets used in
+        # turn, since under async scheduling a step is staged while the previous step's copies
+        # may still wait in the stream (each set's last copy is fenced by an event)
+        self.host_i64 = torch.zeros((2, 4, limit), dtype=torch.int64, pin_memory=True)
+        self.host_i32 = torch.zeros((2, limit, mb + 1), dtype=torch.int32, pin_memory=True)
         self.host_i64_np = self.host_i64.numpy()
         self.host_i32_np = self.host_i32.numpy()
-        self.dev_i64 = torch.zeros((3, limit), dtype=torch.int64, device=dev)
+        self.staged: list[torch.cuda.Event | None] = [None, None]
+        self.turn = 0
+        # rows: input ids, positions, slots, and (async scheduling) where each row's input id
+        # lies in the previous step's sampled tokens
+        self.dev_i64 = torch.zeros((4, limit), dtype=torch.int64, device=dev)
         self.dev_i32 = torch.zeros((limit, mb + 1), dtype=torch.int32, device=dev)
         self.input_ids = self.dev_i64[0]
         self.positions = self.dev_i64[1]
@@ -82,11 +89,15 @@ class DecodeGraphs:
     def can_run(self, num_seqs: int) -> bool:
         return num_seqs <= self.max_bs
 
-    def run(self, batch: ScheduledBatch) -> torch.Tensor:
+    def run(self, batch: ScheduledBatch, fed: FedTokens | None = None) -> torch.Tensor:
         n = len(batch.seqs)
         bs = next(s for s in self.sizes if s >= n)
         bsz = self.runner.block_size
-        i64, i32 = self.host_i64_np, self.host_i32_np
+        turn = self.turn
+        self.turn ^= 1
+        if self.staged[turn] is not None:
+            self.staged[turn].synchronize()  # the copies of two steps ago: long done
+        i64, i32 = self.host_i64_np[turn], self.host_i32_np[turn]
         i64[0, :bs] = 0
         i64[2, n:bs] = -1  # padded rows write no KV
         i32[n:bs, 0] = 1
@@ -98,7 +109,13 @@ class DecodeGraphs:
             i64[2, i] = table[p // bsz] * bsz + p % bsz
             i32[i, 0] = p + 1
             i32[i, 1 : 1 + len(table)] = table
-        self.dev_i64[:, :bs].copy_(self.host_i64[:, :bs], non_blocking=True)
-        self.dev_i32[:bs].copy_(self.host_i32[:bs], non_blocking=True)
+        if fed is not None:
+            i64[3, :n] = fed.rows
+        self.dev_i64[:, :bs].copy_(self.host_i64[turn, :, :bs], non_blocking=True)
+        self.dev_i32[:bs].copy_(self.host_i32[turn, :bs], non_blocking=True)
+        self.staged[turn] = torch.cuda.Event()
+        self.staged[turn].record()
+        if fed is not None:  # the input ids of a step scheduled before its tokens were known
+            torch.index_select(fed.ids, 0, self.dev_i64[3, :n], out=self.input_ids[:n])
         self.graphs[bs].replay()
         return self.outputs[bs][:n]

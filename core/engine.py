@@ -16,7 +16,7 @@ from core.plugins import Registries, get_registries
 from core.sampler import PendingSample, Sampler, SamplingBatch, make_generator
 from core.sampling_params import SamplingParams
 from core.scheduler import ScheduledBatch, Scheduler
-from core.sequence import Sequence
+from core.sequence import FedTokens, Sequence, SequenceStatus
 from core.stop_strings import StopStringMatcher
 from core.tokenizer import load_tokenizer
 from core.tp_worker import ParallelModelRunner
@@ -59,6 +59,7 @@ class _Launched:
     pending: PendingSample | None
     num_prefill: int
     start: float
+    token_index: list[int]  # where each sampling sequence's new token goes in its token_ids
 
 
 class Engine:
@@ -66,9 +67,17 @@ class Engine:
 
     With ``engine.async_output`` (vLLM's async output processing) a step launches the next
     model step, when that is a decode step, before it reports this one: detokenizing, stop
-    strings and building outputs run on the host while the GPU computes. A sequence whose end is known from its token alone (EOS,
-    a stop token id, max_tokens, session_len) is not scheduled again; one that a stop string
-    ends is already in the launched step, whose token for it is then dropped.
+    strings and building outputs run on the host while the GPU computes. A sequence whose end
+    is known from its token alone (EOS, a stop token id, max_tokens, session_len) is not
+    scheduled again; one that a stop string ends is already in the launched step, whose token
+    for it is then dropped.
+
+    With ``engine.async_scheduling`` as well, a decode step is launched even before the
+    previous step's tokens reach the host: each sequence gets a placeholder token, the step
+    reads the real one from the sampler's output on the device, and the host writes it in when
+    it arrives. The GPU then never waits for the host between decode steps. A sequence that
+    the previous token ends (EOS, stop id) has computed one token too many, which is dropped;
+    one whose length ends it is left out, as that is known without the token.
     """
 
     def __init__(self, cfg: NybbleConfig, regs: Registries | None = None) -> None:
@@ -181,6 +190,7 @@ class Engine:
             if not st.seq.is_finished:
                 self.scheduler.finish(st.seq)
                 st.seq.finish_reason = "abort"
+            st.seq.drop_placeholders()
         return self._finish_request(req)
 
     def end_session(self, session_id: str) -> bool:
@@ -210,9 +220,12 @@ class Engine:
         self._launched = None
         if launched is None:
             return []
+        if self._can_feed(launched):
+            self._launched = self._launch(feed=launched)
         moved = self._collect(launched)
-        if self.cfg.engine.async_output and self._next_step_decodes_only():
-            self._launched = self._launch()
+        if self._launched is None and self.cfg.engine.async_output:
+            if self._next_step_decodes_only():
+                self._launched = self._launch()
         outputs = []
         for rid in dict.fromkeys(s.request_id for s in moved):
             req = self.requests.get(rid)
@@ -220,9 +233,22 @@ class Engine:
                 outputs.append(self._advance(req))
         return outputs
 
-    def _launch(self) -> _Launched | None:
-        """Schedule and queue one model step and its sampling; nothing waits for the device."""
-        batch = self.scheduler.schedule()
+    def _launch(self, feed: _Launched | None = None) -> _Launched | None:
+        """Schedule and queue one model step and its sampling; nothing waits for the device.
+
+        With ``feed``, a step whose tokens have not reached the host yet: the new step decodes
+        the sequences it sampled, with those tokens as inputs (async scheduling).
+        """
+        fed = None
+        if feed is None:
+            batch = self.scheduler.schedule()
+        else:
+            for seq in feed.sampling:
+                if seq.status is SequenceStatus.RUNNING and not self._at_length(seq, pending=1):
+                    seq.append_placeholder()
+            batch = self.scheduler.schedule(admit_waiting=False)
+            row_of = {s.seq_id: i for i, s in enumerate(feed.sampling)}
+            fed = FedTokens(feed.pending.ids, [row_of[s.seq_id] for s in batch.seqs])
         if batch.is_empty:
             return None
         start = time.monotonic()
@@ -231,7 +257,7 @@ class Engine:
             for s, n in zip(batch.seqs, batch.num_tokens)
             if s.num_computed_tokens < s.num_prompt_tokens
         )
-        logits = self.runner.execute(batch)
+        logits = self.runner.execute(batch, fed)
         sampling = [
             s for s, n in zip(batch.seqs, batch.num_tokens) if s.num_computed_tokens + n == len(s)
         ]
@@ -248,7 +274,28 @@ class Engine:
                 self.eos_ids,
             )
             pending = self.sampler.launch(logits, sbatch)
-        return _Launched(batch, sampling, pending, num_prefill, start)
+        token_index = [s.num_computed_tokens for s in sampling]
+        return _Launched(batch, sampling, pending, num_prefill, start, token_index)
+
+    def _can_feed(self, launched: _Launched) -> bool:
+        """Whether the next step can be launched before ``launched``'s tokens are on the host:
+        it decodes exactly the sequences that sample now, and none of them needs its tokens so
+        far on the host to sample (penalties)."""
+        e = self.cfg.engine
+        if not (e.async_output and e.async_scheduling and self.runner.can_feed):
+            return False
+        if launched.pending is None:
+            return False
+        sched = self.scheduler
+        if sched.waiting and len(sched.running) < sched.max_batch_size:
+            return False  # a waiting request joins the next step: schedule it with the tokens
+        sampling = {s.seq_id for s in launched.sampling}
+        return all(
+            seq.seq_id in sampling
+            and seq.num_uncomputed_tokens == 0
+            and not seq.params.has_penalties
+            for seq in sched.running
+        )
 
     def _next_step_decodes_only(self) -> bool:
         """Whether the next step is one token per running sequence: a step that prefills is not
@@ -268,10 +315,12 @@ class Engine:
         moved = []
         if launched.pending is not None:
             out = launched.pending.result()  # the step's one host sync
-            for seq, token, lp in zip(launched.sampling, out.token_ids, out.logprobs):
+            rows = zip(launched.sampling, launched.token_index, out.token_ids, out.logprobs)
+            for seq, index, token, lp in rows:
                 if seq.is_finished:
                     continue
-                seq.append_token(token)
+                if seq.set_token(index, token):  # the placeholder of a step launched since
+                    self.block_manager.commit_full_blocks(seq)  # its block may be full now
                 if lp is not None:
                     seq.logprobs.append(lp)
                 if self._ends_with(seq, token):
@@ -284,8 +333,12 @@ class Engine:
         p = seq.params
         return token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids)
 
-    def _at_length(self, seq: Sequence) -> bool:
-        return seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= self.session_len
+    def _at_length(self, seq: Sequence, pending: int = 0) -> bool:
+        """Whether ``seq`` is at its length limit (with ``pending`` tokens still to come)."""
+        return (
+            seq.num_output_tokens + pending >= seq.params.max_tokens
+            or len(seq) + pending >= self.session_len
+        )
 
     def _ends_with(self, seq: Sequence, token: int) -> bool:
         """Whether ``token`` (just appended) ends ``seq`` whatever text it makes."""

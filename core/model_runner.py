@@ -13,6 +13,7 @@ from core.layers.attention_metadata import AttentionMetadata
 from core.model_builder import load_model
 from core.plugins import Registries
 from core.scheduler import ScheduledBatch
+from core.sequence import FedTokens
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,23 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.int64, device=dev)
         return input_ids, pos, meta, sample_rows
 
+    # Async scheduling feeds a step its input tokens from the previous step's sampling on the
+    # device; tensor-parallel workers would need them too, so ParallelModelRunner says no.
+    can_feed = True
+
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
-        """Run one step; return logits [S, vocab] (fp32) for the S sequences that sample."""
+    def execute(self, batch: ScheduledBatch, fed: FedTokens | None = None) -> torch.Tensor:
+        """Run one step; return logits [S, vocab] (fp32) for the S sequences that sample.
+
+        With ``fed`` (a decode step scheduled before the previous step's tokens reached the
+        host), each sequence's input token is ``fed.ids[fed.rows[i]]``, read on the device.
+        """
         if self.graphs is not None and batch.is_decode and self.graphs.can_run(len(batch.seqs)):
-            return self.graphs.run(batch)
+            return self.graphs.run(batch, fed)
         input_ids, positions, meta, rows = self.prepare(batch)
+        if fed is not None:
+            assert batch.is_decode, "only decode steps take their inputs from the device"
+            input_ids = fed.ids.index_select(0, fed.rows_on(self.device))  # (B,)
         hidden = self.model(input_ids, positions, meta)  # (T, hidden)
         if not rows:
             return hidden.new_empty((0, self.model_config.vocab_size), dtype=torch.float32)

@@ -58,17 +58,32 @@ class SamplerOutput:
 
 @dataclass
 class PendingSample:
-    """A step's sampled tokens, still on the device: ``result()`` copies them to the host (the
-    step's one sync), so the caller can queue more GPU work before it waits."""
+    """A step's sampled tokens, still on the device. On CUDA their copy to pinned host memory
+    is queued right behind the sampling, so a step queued after this one does not delay it;
+    ``result()`` waits for that copy (the step's one sync) and unpacks it."""
 
     tokens: Tensor  # [B]; with logprobs, the packed rows of _pack_logprobs
     params: list[SamplingParams]
     top_k: int = 0  # logprob alternatives packed per row (0: tokens only)
+    ids: Tensor | None = None  # [B] int64 on the device: the next step's inputs (async scheduling)
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = self.tokens
+        self._host = self.tokens
+        self._copied: torch.cuda.Event | None = None
+        if self.tokens.is_cuda:
+            self._host = torch.empty(self.tokens.shape, dtype=self.tokens.dtype, pin_memory=True)
+            self._host.copy_(self.tokens, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
 
     def result(self) -> SamplerOutput:
-        if self.tokens.dim() == 1:
-            return SamplerOutput(token_ids=self.tokens.tolist(), logprobs=[None] * len(self.params))
-        return _unpack_logprobs(self.tokens.tolist(), self.params, self.top_k)
+        if self._copied is not None:
+            self._copied.synchronize()
+        if self._host.dim() == 1:
+            return SamplerOutput(token_ids=self._host.tolist(), logprobs=[None] * len(self.params))
+        return _unpack_logprobs(self._host.tolist(), self.params, self.top_k)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -246,7 +261,7 @@ class Sampler:
         if raw_logprobs is None:
             return PendingSample(tokens, list(params))
         k = max(p.logprobs or 0 for p in params)
-        return PendingSample(_pack_logprobs(tokens, raw_logprobs, k), list(params), k)
+        return PendingSample(_pack_logprobs(tokens, raw_logprobs, k), list(params), k, tokens)
 
 
 def _pack_logprobs(tokens: Tensor, raw_logprobs: Tensor, k: int) -> Tensor:

@@ -139,6 +139,15 @@ class SamplingParams:
         """True when decoding takes the argmax: temperature ~0 or top_k == 1."""
         return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
+    @property
+    def has_penalties(self) -> bool:
+        """True when sampling reads the tokens so far (repetition, presence, frequency)."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
     def clone(self) -> SamplingParams:
         """A deep copy (the lists are not shared)."""
         return copy.deepcopy(self)

@@ -66,7 +66,10 @@ class Scheduler:
         batch.preempted.append(seq)
         self.num_preemptions += 1
 
-    def schedule(self) -> ScheduledBatch:
+    def schedule(self, admit_waiting: bool = True) -> ScheduledBatch:
+        """This step's batch. A running sequence with nothing to compute (its next token is not
+        sampled yet, under async scheduling) sits the step out; ``admit_waiting=False`` keeps
+        the waiting ones out too (a step scheduled before the previous one's tokens are known)."""
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         bm = self.block_manager
@@ -75,6 +78,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(seq.num_uncomputed_tokens, budget)
+            if n == 0:
+                i += 1
+                continue
             while not bm.allocate_slots(seq, n):
                 victim = self.running[-1]
                 self._preempt(victim, batch)
@@ -87,7 +93,12 @@ class Scheduler:
             budget -= n
             i += 1
         # 2. waiting sequences, in arrival order (preempted ones are at the front)
-        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+        while (
+            admit_waiting
+            and self.waiting
+            and budget > 0
+            and len(self.running) < self.max_batch_size
+        ):
             seq = self.waiting[0]
             bm.match_prefix(seq)
             n = min(seq.num_uncomputed_tokens, budget)

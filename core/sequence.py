@@ -5,12 +5,17 @@ from __future__ import annotations
 import enum
 import itertools
 import time
+from dataclasses import dataclass
 
 import torch
 
 from core.sampling_params import SamplingParams
 
 _ids = itertools.count()
+
+# A token still being sampled on the device when the next step is scheduled (async scheduling):
+# the step reads it from the device, and the engine writes the value in once it reaches the host.
+PLACEHOLDER = -1
 
 
 class SequenceStatus(enum.Enum):
@@ -49,6 +54,7 @@ class Sequence:
         # a seeded request's own random stream (set by the engine on the model's device)
         self.generator: torch.Generator | None = None
         self.logprobs: list = []
+        self.num_placeholders = 0  # trailing PLACEHOLDER tokens (0 or 1)
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -73,8 +79,36 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose values the host has (all but the trailing placeholders)."""
+        return len(self.token_ids) - self.num_placeholders
+
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)
+
+    def append_placeholder(self) -> None:
+        """Reserve the next token's place while the device still samples it."""
+        self.token_ids.append(PLACEHOLDER)
+        self.num_placeholders += 1
+
+    def set_token(self, index: int, token_id: int) -> bool:
+        """The sampled token at ``index``: fills the placeholder there (True), or appends it."""
+        if index == len(self.token_ids):
+            self.token_ids.append(token_id)
+            return False
+        assert self.token_ids[index] == PLACEHOLDER, (
+            f"{self!r}: token {index} is {self.token_ids[index]}, not a placeholder"
+        )
+        self.token_ids[index] = token_id
+        self.num_placeholders -= 1
+        return True
+
+    def drop_placeholders(self) -> None:
+        """Forget tokens that will never arrive (the sequence ended while they were sampled)."""
+        if self.num_placeholders:
+            del self.token_ids[-self.num_placeholders :]
+            self.num_placeholders = 0
 
     def reset_for_recompute(self) -> None:
         """After preemption: drop the cache; everything is recomputed (from the prefix cache)."""
@@ -88,3 +122,18 @@ class Sequence:
             f"Sequence(id={self.seq_id}, req={self.request_id}, tokens={len(self)}, "
             f"computed={self.num_computed_tokens}, {self.status.value})"
         )
+
+
+@dataclass
+class FedTokens:
+    """A decode step's input tokens still on the device: row i of the step reads ``ids[rows[i]]``
+    (``ids`` is the previous step's sampled tokens, [S] int64)."""
+
+    ids: torch.Tensor
+    rows: list[int]
+
+    def rows_on(self, device: torch.device) -> torch.Tensor:
+        rows = torch.tensor(self.rows, dtype=torch.int64)
+        if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU
+            return rows.pin_memory().to(device, non_blocking=True)
+        return rows.to(device)

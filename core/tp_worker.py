@@ -101,7 +101,10 @@ class ParallelModelRunner(ModelRunner):
         self._driving = True
         atexit.register(self.close)
 
-    def execute(self, batch: ScheduledBatch) -> torch.Tensor:
+    can_feed = False  # the workers build their inputs from the broadcast tokens
+
+    def execute(self, batch: ScheduledBatch, fed: None = None) -> torch.Tensor:
+        assert fed is None, "tensor-parallel steps take their input tokens from the host"
         if self._driving:
             _broadcast(_step_of(batch))
         return super().execute(batch)

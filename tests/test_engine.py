@@ -256,7 +256,7 @@ def _mixed_workload(engine, stop: str, stop_id: int) -> dict:
 
 
 def test_async_output_reports_exactly_what_the_synchronous_loop_reports():
-    sync = make_engine(async_output=False)
+    sync = make_engine(async_output=False, async_scheduling=False)
     sync.add_request(PROMPTS[0], greedy(30), "free")
     sync.add_request(PROMPTS[3], greedy(10), "free-3")
     free = run_all(sync)
@@ -301,7 +301,7 @@ def test_async_output_launches_the_next_step_before_reporting_this_one():
     assert engine._launched is None
     engine.step()  # the prefill of "joins" with the decode of "goes-on"; then decodes again
     assert {s.request_id for s in engine._launched.batch.seqs} == {"goes-on", "joins"}
-    sync = make_engine(async_output=False)
+    sync = make_engine(async_output=False, async_scheduling=False)
     sync.add_request(PROMPTS[1], greedy(5), "goes-on")
     sync.step()
     assert sync._launched is None

@@ -87,3 +87,21 @@ def test_graph_and_eager_triton_paths_agree_exactly_on_greedy_tokens():
     eager = greedy_tokens(engine("triton", graphs=False, dtype="float16"))
     graph = greedy_tokens(engine("triton", graphs=True, dtype="float16"))
     assert [e.token_ids for e in eager] == [g.token_ids for g in graph]
+
+
+def test_async_scheduling_feeds_graph_steps_on_the_device_without_changing_a_token():
+    sync = engine("triton", graphs=True, dtype="float16")
+    sync.cfg.engine.async_output = sync.cfg.engine.async_scheduling = False
+    fed_engine = engine("triton", graphs=True, dtype="float16")
+    execute, fed_steps = fed_engine.runner.execute, []
+
+    def spy(batch, fed=None):
+        fed_steps.append(fed is not None)
+        return execute(batch, fed)
+
+    fed_engine.runner.execute = spy
+    want, got = greedy_tokens(sync, n=40), greedy_tokens(fed_engine, n=40)
+    assert sum(fed_steps) > 30  # the decode steps were launched before their tokens were known
+    for w, g in zip(want, got):
+        assert g.token_ids == w.token_ids
+        assert [x.logprob for x in g.logprobs] == [x.logprob for x in w.logprobs]
