@@ -89,18 +89,21 @@ def bench_decode(bw: float, sweep: bool) -> None:
                 per_sm,
                 warps,
             )
-            ms = graph_ms(
-                lambda i: decode_mod.decode_attention(q, *caches[i], tables, lens, D**-0.5), layers
-            )
             splits = decode_mod.num_splits(batch, H, MAX_BLOCKS * BS, q.device)
-            record(
-                "decode_attn",
-                shape,
-                f"triton BN={block_n} ppsm={per_sm} w={warps} S={splits}",
-                ms,
-                kv_bytes,
-                bw,
-            )
+            tag = f"BN={block_n} ppsm={per_sm} w={warps} S={splits}"
+            # the default tiles also run the reduce both ways: fused into the split kernel (the
+            # last program to arrive merges) and as a second kernel; one split has no reduce
+            impls = [("triton", None)]
+            if (block_n, per_sm, warps) == default and splits > 1:
+                impls = [("triton-fused", True), ("triton-2kernel", False)]
+            for impl, fused in impls:
+                ms = graph_ms(
+                    lambda i: decode_mod.decode_attention(
+                        q, *caches[i], tables, lens, D**-0.5, fused=fused
+                    ),
+                    layers,
+                )
+                record("decode_attn", shape, f"{impl} {tag}", ms, kv_bytes, bw)
         decode_mod.BLOCK_N, decode_mod.PROGRAMS_PER_SM, decode_mod.NUM_WARPS = default
         caches.clear()
         # baseline: SDPA on contiguous [B, H, ctx, D] K/V (no paging at all)

@@ -3,10 +3,19 @@
 A batch of one sequence has only H (40) query rows, far too few programs for 132 SMs if each
 walked its whole context. So the context is cut into ``num_splits`` pieces: grid (H, B, S),
 each program runs an online softmax over its piece and writes an unnormalised partial
-(acc [D], running max m, sum l); a second kernel, grid (H, B), merges the S partials. Heads
-are the fastest grid axis, so programs running side by side read neighbouring 256-byte rows of
-the same cache tokens ([NB, BS, Hk, D] keeps a token's heads together); against (B, H, S) order
-this measured the same on an H100 (bench/results/ops-H100-80GB-HBM3.md).
+(acc [D], running max m, sum l). Heads are the fastest grid axis, so programs running side by
+side read neighbouring 256-byte rows of the same cache tokens ([NB, BS, Hk, D] keeps a token's
+heads together); against (B, H, S) order this measured the same on an H100
+(bench/results/ops-H100-80GB-HBM3.md).
+
+Merging the S partials of a (sequence, head) is fused into the same kernel (``FUSED_REDUCE``):
+after storing its partial, each program bumps an int32 arrival counter for its (b, h) with an
+acq_rel atomic (releasing its partial, acquiring the others'); the program that arrives last
+merges all S partials, writes the output and puts the counter back to 0. That saves a second
+launch of a tiny kernel per layer, a visible share of a batch-1 step. The counters live in a
+per-device buffer that outlives every call (``_counters``), so a CUDA-graph replay needs no
+memset. ``fused=False`` keeps the old pair of kernels (a split kernel, then a reduce kernel
+with grid (H, B)) for the benchmark to time against.
 
 CUDA-graph safety: the grid depends only on B, H and ``block_tables.shape[1]`` (static in graph
 mode); each program reads its sequence's live length from ``context_lens`` on the device and
@@ -32,6 +41,13 @@ BLOCK_N = 64
 PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64
 NUM_WARPS = 4
+# Merge the partials in the split kernel (last arriver) rather than in a second kernel: on an
+# H100 at batch 1, S=14, 0.8-1.7 us less per layer (11.1 vs 11.9 us at 256 context, 21.8 vs
+# 22.5 at 1024, 52.6 vs 54.3 at 4096; bench/ops.py "triton-fused" vs "triton-2kernel" rows).
+FUSED_REDUCE = True
+# Arrival counters allocated at least this many at a time (256 KiB): B * H of them are needed,
+# and one buffer then serves every batch size the engine captures.
+MIN_COUNTERS = 1 << 16
 
 
 @functools.cache
@@ -47,14 +63,54 @@ def num_splits(batch: int, num_heads: int, max_context_len: int, device: torch.d
     return max(1, min(want, triton.cdiv(max_context_len, BLOCK_N), MAX_SPLITS))
 
 
+# every counter buffer ever made, per device, newest last: a CUDA graph keeps the address of the
+# one it was captured with, so a buffer is never freed, even once a larger one replaces it
+_COUNTERS: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _counters(device: torch.device, n: int) -> torch.Tensor:
+    """At least ``n`` int32 arrival counters, all 0 between kernels (the last arriver resets its
+    own). Made with torch.zeros: inside a graph capture the memset is captured too, which only
+    re-zeroes counters that are already 0 on each replay of that graph."""
+    bufs = _COUNTERS.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < n:
+        size = max(MIN_COUNTERS, triton.next_power_of_2(n))
+        bufs.append(torch.zeros(size, dtype=torch.int32, device=device))
+    return bufs[-1]
+
+
+@triton.jit
+def _merge_splits(
+    part_acc_ptr, part_ml_ptr, out_ptr, bh, dst_off, head_dim, num_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    # the S partials of row bh = b * H + h -> out[b, h]; ".cg" reads from L2, past any stale L1
+    # line (the fused kernel reads partials that other SMs wrote during this launch)
+    offs_s = tl.arange(0, BLOCK_S)
+    mask_s = offs_s < num_splits
+    offs_d = tl.arange(0, BLOCK_D)
+    part = bh * num_splits + offs_s  # (BS,)
+    m = tl.load(part_ml_ptr + part * 2, mask=mask_s, other=-float("inf"), cache_modifier=".cg")
+    l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=mask_s, other=0.0, cache_modifier=".cg")
+    # empty splits carry m = -inf; a floor keeps exp2 finite when every split is empty
+    m_max = tl.maximum(tl.max(m, axis=0), -1e30)
+    w = tl.exp2(m - m_max)  # (BS,)
+    den = tl.sum(w * l_sum, axis=0)
+    acc_ptrs = part_acc_ptr + part[:, None] * BLOCK_D + offs_d[None, :]  # (BS, BD)
+    acc = tl.load(acc_ptrs, mask=mask_s[:, None], other=0.0, cache_modifier=".cg")
+    num = tl.sum(w[:, None] * acc, axis=0)  # (BD,)
+    out = num / tl.where(den > 0, den, 1.0)
+    tl.store(out_ptr + dst_off + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
+
+
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
-    out_ptr, part_acc_ptr, part_ml_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr, counter_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
     scale_log2, num_kv_groups, num_kv_heads, head_dim, num_splits,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DIRECT: tl.constexpr,
+    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr,
 ):  # fmt: skip
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -93,15 +149,29 @@ def _decode_split_kernel(
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
 
+    dst_off = b * stride_ot + h * stride_oh
     if DIRECT:
         out = acc / tl.where(l_i > 0, l_i, 1.0)
-        dst = out_ptr + b * stride_ot + h * stride_oh + offs_d
-        tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+        tl.store(out_ptr + dst_off + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
     else:
-        part = (b * tl.num_programs(0) + h) * num_splits + split
+        bh = b * tl.num_programs(0) + h
+        part = bh * num_splits + split
         tl.store(part_acc_ptr + part * BLOCK_D + offs_d, acc)
         tl.store(part_ml_ptr + part * 2, m_i)
         tl.store(part_ml_ptr + part * 2 + 1, l_i)
+        if FUSED:
+            # One thread issues a scalar atomic: the barrier first orders every thread's partial
+            # stores before it, so its release covers them; its acquire (the old count is
+            # broadcast through shared memory behind a barrier) orders the merge's loads after
+            # the other programs' releases.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(counter_ptr + bh, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                _merge_splits(part_acc_ptr, part_ml_ptr, out_ptr, bh, dst_off, head_dim,
+                              num_splits, BLOCK_S, BLOCK_D)  # fmt: skip
+                # every other program of this row is done with the counter: the next launch
+                # (or graph replay) starts from 0 again
+                tl.store(counter_ptr + bh, 0)
 
 
 @triton.jit
@@ -112,23 +182,8 @@ def _decode_reduce_kernel(
 ):  # fmt: skip
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_s = tl.arange(0, BLOCK_S)
-    mask_s = offs_s < num_splits
-    offs_d = tl.arange(0, BLOCK_D)
-    part = (b * tl.num_programs(0) + h) * num_splits + offs_s  # (BS,)
-    m = tl.load(part_ml_ptr + part * 2, mask=mask_s, other=-float("inf"))
-    l_sum = tl.load(part_ml_ptr + part * 2 + 1, mask=mask_s, other=0.0)
-    # empty splits carry m = -inf; a floor keeps exp2 finite when every split is empty
-    m_max = tl.maximum(tl.max(m, axis=0), -1e30)
-    w = tl.exp2(m - m_max)  # (BS,)
-    den = tl.sum(w * l_sum, axis=0)
-    acc = tl.load(
-        part_acc_ptr + part[:, None] * BLOCK_D + offs_d[None, :], mask=mask_s[:, None], other=0.0
-    )
-    num = tl.sum(w[:, None] * acc, axis=0)  # (BD,)
-    out = num / tl.where(den > 0, den, 1.0)
-    dst = out_ptr + b * stride_ot + h * stride_oh + offs_d
-    tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
+    _merge_splits(part_acc_ptr, part_ml_ptr, out_ptr, b * tl.num_programs(0) + h,
+                  b * stride_ot + h * stride_oh, head_dim, num_splits, BLOCK_S, BLOCK_D)  # fmt: skip
 
 
 def decode_attention(
@@ -139,9 +194,11 @@ def decode_attention(
     context_lens: torch.Tensor,
     scale: float,
     splits: int | None = None,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     # q [B, H, D] (one token per sequence) · caches [NB, BS, Hk, D] · block_tables [B, MB] int32
-    # · context_lens [B] int32 (read on the device) -> [B, H, D] (q's dtype)
+    # · context_lens [B] int32 (read on the device) -> [B, H, D] (q's dtype).
+    # fused: merge the splits in the split kernel (default FUSED_REDUCE) or in a second kernel.
     bsz, h, d = q.shape
     nb, block_size, hk, dk = k_cache.shape
     check_paged_cache(h, d, bsz, k_cache, v_cache, block_tables)
@@ -154,25 +211,29 @@ def decode_attention(
         return out
     if splits is None:
         splits = num_splits(bsz, h, block_tables.shape[1] * block_size, q.device)
+    fused = FUSED_REDUCE if fused is None else fused
     block_d = triton.next_power_of_2(d)
+    block_s = triton.next_power_of_2(splits)
     scale_log2 = scale * 1.4426950408889634  # log2(e)
     direct = splits == 1
     if direct:
-        part_acc = part_ml = out  # unused
+        part_acc = part_ml = counters = out  # unused
     else:
         part_acc = torch.empty((bsz, h, splits, block_d), dtype=torch.float32, device=q.device)
         part_ml = torch.empty((bsz, h, splits, 2), dtype=torch.float32, device=q.device)
+        counters = _counters(q.device, bsz * h) if fused else out  # [>= B * H] int32
     _decode_split_kernel[(h, bsz, splits)](
         q, k_cache, v_cache, block_tables, context_lens,
-        out, part_acc, part_ml,
+        out, part_acc, part_ml, counters,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         scale_log2, h // hk, hk, d, splits,
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d, DIRECT=direct, num_warps=NUM_WARPS,
+        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
+        BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct, num_warps=NUM_WARPS,
     )  # fmt: skip
-    if not direct:
+    if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](
             part_acc, part_ml, out,
             out.stride(0), out.stride(1), d, splits,
-            BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, num_warps=4,
+            BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
     return out

@@ -40,9 +40,12 @@ def test_prefill_attention(target, paged_batch, batch, block_size, heads, kv_hea
     assert rel_err(small, ref) < tolerance(dtype)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("splits", [None, 1, 3])
 @pytest.mark.parametrize("block_size, heads, kv_heads, head_dim", [(4, 4, 2, 16), (16, 3, 3, 32)])
-def test_decode_attention(target, paged_batch, splits, block_size, heads, kv_heads, head_dim):
+def test_decode_attention(
+    target, paged_batch, splits, fused, block_size, heads, kv_heads, head_dim
+):
     from core.ops.triton_attention import paged_attention
     from core.ops.triton_decode_attention import decode_attention
 
@@ -52,13 +55,53 @@ def test_decode_attention(target, paged_batch, splits, block_size, heads, kv_hea
     meta, scale = b["meta"], head_dim**-0.5
     assert meta.is_decode
     ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
-    if splits is None:
+    if splits is None and fused:
         out = paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
     else:
         out = decode_attention(b["q"], b["k_cache"], b["v_cache"], meta.block_tables,
-                               meta.context_lens, scale, splits=splits)  # fmt: skip
+                               meta.context_lens, scale, splits=splits, fused=fused)  # fmt: skip
     assert not out.isnan().any()
     assert rel_err(out, ref) < tolerance(dtype)
+
+
+# odd contexts; with BLOCK_N 64 the later splits of the short ones (and at 7 or 16 splits, of
+# all of them) are empty: their partials carry m = -inf, l = 0
+FUSED_SEQS = [(1, 1), (5, 1), (63, 1), (65, 1), (131, 1), (257, 1)]
+
+
+@pytest.mark.parametrize("splits", [1, 2, 3, 7, 16])
+def test_decode_attention_fused_splits(target, paged_batch, splits):
+    from core.ops.triton_decode_attention import decode_attention
+
+    device, dtype = target
+    b = paged_batch(FUSED_SEQS, 4, 2, 16, 16, device, dtype)
+    meta, scale = b["meta"], 0.25
+    ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
+    args = (b["q"], b["k_cache"], b["v_cache"], meta.block_tables, meta.context_lens, scale)
+    out = decode_attention(*args, splits=splits, fused=True)
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < tolerance(dtype)
+    unfused = decode_attention(*args, splits=splits, fused=False)
+    assert rel_err(out, unfused) < tolerance(dtype)  # the same merge, in either kernel
+
+
+def test_decode_attention_fused_counters_reset(target, paged_batch):
+    """The last program of each (sequence, head) puts its arrival counter back to 0, so a second
+    call (or a graph replay) with the same shapes merges again, at the right time."""
+    from core.ops import triton_decode_attention as mod
+
+    device, dtype = target
+    b = paged_batch(FUSED_SEQS, 4, 2, 16, 16, device, dtype)
+    meta, scale = b["meta"], 0.25
+    ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
+    args = (b["q"], b["k_cache"], b["v_cache"], meta.block_tables, meta.context_lens, scale)
+    first = mod.decode_attention(*args, splits=3, fused=True)
+    counters = mod._COUNTERS[b["q"].device][-1]
+    assert not counters.any()
+    second = mod.decode_attention(*args, splits=3, fused=True)
+    assert not counters.any()
+    assert rel_err(first, ref) < tolerance(dtype)
+    assert torch.equal(first, second)
 
 
 def graph_style(meta: AttentionMetadata, pad: int, max_blocks: int) -> AttentionMetadata:
@@ -101,31 +144,74 @@ def test_decode_attention_padded_graph_batch(target, paged_batch, block_size):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_decode_attention_cuda_graph_replay(paged_batch):
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("seqs", [[(1000, 1), (300, 1), (77, 1)], [(1000, 1)]])
+def test_decode_attention_cuda_graph_replay(paged_batch, fused, seqs):
     """Captured once, replayed with other live context lengths: the kernel reads them on the
-    device and sizes nothing from them on the host."""
-    from core.ops.triton_attention import paged_attention
+    device and sizes nothing from them on the host. Fused, each replay must also find the
+    arrival counters back at 0 (no memset is captured once they exist)."""
+    from core.ops import triton_decode_attention as mod
 
     heads, kv_heads, head_dim, block_size = 40, 40, 128, 16
-    seqs = [(1000, 1), (300, 1), (77, 1)]
     b = paged_batch(seqs, heads, kv_heads, head_dim, block_size, "cuda", torch.float16)
     meta = graph_style(b["meta"], pad=1, max_blocks=80)
     q = torch.cat([b["q"], torch.randn(1, heads, head_dim, device="cuda").half()])
-    paged_attention(q, b["k_cache"], b["v_cache"], meta, head_dim**-0.5)  # compile
+    n = len(seqs)
+
+    def attend():
+        return mod.decode_attention(q, b["k_cache"], b["v_cache"], meta.block_tables,
+                                    meta.context_lens, head_dim**-0.5, fused=fused)  # fmt: skip
+
+    attend()  # compile
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = paged_attention(q, b["k_cache"], b["v_cache"], meta, head_dim**-0.5)
-    for lens in ([1000, 300, 77], [500, 299, 1], [17, 300, 64]):
-        meta.context_lens[:3].copy_(torch.tensor(lens, dtype=torch.int32))
+        out = attend()
+    for lens in ([1000, 300, 77], [500, 299, 1], [17, 300, 64], [999, 1, 77]):
+        lens = lens[:n]
+        meta.context_lens[:n].copy_(torch.tensor(lens, dtype=torch.int32))
         b["meta"].context_lens.copy_(torch.tensor(lens, dtype=torch.int32))
-        q[:3].copy_(torch.randn(3, heads, head_dim, device="cuda").half())
-        out.fill_(float("nan"))
-        graph.replay()
+        q[:n].copy_(torch.randn(n, heads, head_dim, device="cuda").half())
         ref = reference.paged_attention(
-            q[:3], b["k_cache"], b["v_cache"], b["meta"], head_dim**-0.5
+            q[:n], b["k_cache"], b["v_cache"], b["meta"], head_dim**-0.5
         )
-        assert rel_err(out[:3], ref) < 2e-3, lens
+        outs = []
+        for _ in range(3):  # replays with the same inputs merge again, the same way
+            out.fill_(float("nan"))
+            graph.replay()
+            assert rel_err(out[:n], ref) < 2e-3, lens
+            outs.append(out[:n].clone())
+        assert all(torch.equal(o, outs[0]) for o in outs), lens
+    if fused:
+        torch.cuda.synchronize()
+        assert not mod._COUNTERS[q.device][-1].any()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_decode_attention_fused_first_call_in_capture(paged_batch):
+    """No counter buffer yet when the graph is captured: it is made (and zeroed) in the graph's
+    pool and must survive the capture."""
+    from core.ops import triton_decode_attention as mod
+
+    b = paged_batch([(700, 1)], 40, 40, 128, 16, "cuda", torch.float16)
+    m, scale = b["meta"], 128**-0.5
+    args = (b["q"], b["k_cache"], b["v_cache"], m.block_tables, m.context_lens, scale)
+    mod.decode_attention(*args, fused=True)  # compile
+    torch.cuda.synchronize()
+    saved = mod._COUNTERS.pop(b["q"].device)
+    try:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = mod.decode_attention(*args, fused=True)
+        ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], m, scale)
+        for _ in range(3):
+            out.fill_(float("nan"))
+            graph.replay()
+            assert rel_err(out, ref) < 2e-3
+        assert torch.equal(out, mod.decode_attention(*args, fused=True))  # eager, same buffer
+    finally:
+        mod._COUNTERS[b["q"].device][:0] = saved  # older buffers stay alive too
 
 
 @pytest.mark.gpu
