@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from plugins.awq.quantize import quantize_awq
-from plugins.awq.reference import awq_gemm_torch, dequantize_awq
+from plugins.awq.reference import awq_gemm_torch, dequantize_awq, dequantize_kernel
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # set by conftest.py without CUDA
 interpreted = pytest.mark.skipif(
@@ -90,6 +90,50 @@ def test_kernel_strided_rows_and_bad_inputs(awq_weight):
         awq_gemm(x, qweight, scales, qzeros, 64)
 
 
+def _dequant_configs(k: int) -> dict:
+    """Dequantize launches: the default, wide and narrow tiles (unroll falls back to a divisor
+    of K / 128: 8 -> 2 at K = 1280, -> 1 at 384), and v1 where it stays quick interpreted."""
+    from plugins.awq.kernels import DEQUANT_CONFIG, Config
+
+    configs = {
+        "default": ("tile", None),  # DEQUANT_CONFIG on a GPU, a larger tile interpreted
+        "engine": ("tile", DEQUANT_CONFIG),
+        "tile-64x4": ("tile", Config("dequant", block_n=64, num_warps=8, unroll=4)),
+        "tile-16x8": ("tile", Config("dequant", block_n=16, num_warps=2, unroll=8)),
+    }
+    if k <= 384:
+        configs["v1"] = ("v1", None)
+    return configs
+
+
+@interpreted
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("n, k", [(72, 128), (40, 384), (200, 1280), (24, 1024)])
+def test_dequantize_is_bit_identical_to_reference(n, k, group_size, awq_weight):
+    from plugins.awq.kernels import awq_dequantize
+
+    # N = 24, 40, 72, 200: partial row blocks for block_n 16 and 64; 1, 2, 4 or 8 chunks
+    _, qweight, scales, qzeros = awq_weight(n, k, group_size, seed=n + k)
+    ref = dequantize_kernel(qweight, scales, qzeros, group_size).half()  # exact in fp16
+    for name, (impl, config) in _dequant_configs(k).items():
+        w = awq_dequantize(qweight, scales, qzeros, group_size, config, impl=impl)
+        assert w.shape == (n, k) and w.dtype == torch.float16, name
+        assert torch.equal(w.view(torch.int16), ref.view(torch.int16)), name
+
+
+@interpreted
+def test_dequantize_rejects_bad_inputs(awq_weight):
+    from plugins.awq.kernels import Config, awq_dequantize
+
+    _, qweight, scales, qzeros = awq_weight(64, 256, 64)
+    with pytest.raises(AssertionError, match="scales"):
+        awq_dequantize(qweight, scales, qzeros, 128)
+    with pytest.raises(AssertionError, match="power of 2"):
+        awq_dequantize(qweight, scales, qzeros, 64, Config("dequant", unroll=3))
+    with pytest.raises(AssertionError, match="impl"):
+        awq_dequantize(qweight, scales, qzeros, 64, impl="v3")
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
@@ -116,6 +160,20 @@ def test_gemv_inline_ptx_matches_reference_and_plain_triton(m, group_size, awq_w
             outs.append(y)
         if len(outs) == 2:
             assert _rel_err(outs[0], outs[1].float()) < 2e-3
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_dequantize_on_gpu_is_bit_identical(group_size, awq_weight):
+    from plugins.awq.kernels import awq_dequantize
+
+    n, k = 1000, 1536  # N not a multiple of 16 or 64 (of 8 it must be); 12 chunks
+    _, qweight, scales, qzeros = awq_weight(n, k, group_size, seed=7, device="cuda")
+    ref = dequantize_kernel(qweight, scales, qzeros, group_size).half()
+    for name, (impl, config) in (_dequant_configs(k) | {"v1": ("v1", None)}).items():
+        w = awq_dequantize(qweight, scales, qzeros, group_size, config, impl=impl)
+        assert torch.equal(w.view(torch.int16), ref.view(torch.int16)), name
 
 
 @pytest.mark.gpu
