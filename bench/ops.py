@@ -72,10 +72,21 @@ def paged_cache(batch: int, ctx: int, layers: int):
     return caches, tables, lens
 
 
+# (BLOCK_N, PROGRAMS_PER_SM, NUM_WARPS, V_EARLY, PREFETCH, NUM_STAGES) of the decode sweep
+DECODE_KNOBS = ("BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS", "V_EARLY", "PREFETCH", "NUM_STAGES")
+DECODE_SWEEP = [
+    (32, 4, 4, 0, 0, 3), (32, 8, 4, 0, 0, 3), (64, 2, 4, 0, 0, 3), (64, 8, 4, 0, 0, 3),
+    (128, 4, 8, 0, 0, 3), (128, 8, 8, 0, 0, 3),
+    # load order: V next to K; the next tile prefetched (fewer rows or more warps for registers)
+    (64, 4, 4, 1, 0, 3), (64, 4, 4, 0, 1, 3), (32, 4, 4, 0, 1, 3), (64, 4, 8, 0, 1, 3),
+    (32, 8, 4, 0, 1, 3), (64, 4, 4, 0, 0, 1), (64, 4, 4, 1, 0, 1), (64, 4, 4, 0, 0, 4),
+]  # fmt: skip
+
+
 def bench_decode(bw: float, sweep: bool) -> None:
-    configs = [(decode_mod.BLOCK_N, decode_mod.PROGRAMS_PER_SM, decode_mod.NUM_WARPS)]
+    configs = [tuple(int(getattr(decode_mod, k)) for k in DECODE_KNOBS)]
     if sweep:
-        configs += [(32, 4, 4), (32, 8, 4), (64, 2, 4), (64, 8, 4), (128, 4, 8), (128, 8, 8)]
+        configs += DECODE_SWEEP
     default = configs[0]
     for batch, ctx in [(1, 256), (1, 1024), (1, 4096), (16, 512), (16, 1024), (64, 1024)]:
         kv_bytes = 2 * batch * ctx * H * D * 2
@@ -83,18 +94,17 @@ def bench_decode(bw: float, sweep: bool) -> None:
         caches, tables, lens = paged_cache(batch, ctx, layers)
         q = torch.randn(batch, H, D, device="cuda", dtype=torch.float16)
         shape = f"B={batch} ctx={ctx}"
-        for block_n, per_sm, warps in dict.fromkeys(configs):
-            decode_mod.BLOCK_N, decode_mod.PROGRAMS_PER_SM, decode_mod.NUM_WARPS = (
-                block_n,
-                per_sm,
-                warps,
-            )
+        for config in dict.fromkeys(configs):
+            for knob, value in zip(DECODE_KNOBS, config, strict=True):
+                setattr(decode_mod, knob, value)
+            block_n, per_sm, warps, v_early, prefetch, stages = config
             splits = decode_mod.num_splits(batch, H, MAX_BLOCKS * BS, q.device)
             tag = f"BN={block_n} ppsm={per_sm} w={warps} S={splits}"
+            tag += f" v_early={v_early} prefetch={prefetch} stages={stages}"
             # the default tiles also run the reduce both ways: fused into the split kernel (the
             # last program to arrive merges) and as a second kernel; one split has no reduce
             impls = [("triton", None)]
-            if (block_n, per_sm, warps) == default and splits > 1:
+            if config == default and splits > 1:
                 impls = [("triton-fused", True), ("triton-2kernel", False)]
             for impl, fused in impls:
                 ms = graph_ms(
@@ -104,7 +114,8 @@ def bench_decode(bw: float, sweep: bool) -> None:
                     layers,
                 )
                 record("decode_attn", shape, f"{impl} {tag}", ms, kv_bytes, bw)
-        decode_mod.BLOCK_N, decode_mod.PROGRAMS_PER_SM, decode_mod.NUM_WARPS = default
+        for knob, value in zip(DECODE_KNOBS, default, strict=True):
+            setattr(decode_mod, knob, value)
         caches.clear()
         # baseline: SDPA on contiguous [B, H, ctx, D] K/V (no paging at all)
         kv = [(torch.randn(batch, H, ctx, D, device="cuda", dtype=torch.float16),

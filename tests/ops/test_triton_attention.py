@@ -64,6 +64,22 @@ def test_decode_attention(
     assert rel_err(out, ref) < tolerance(dtype)
 
 
+@pytest.mark.parametrize("load_order", ["v_early", "prefetch"])
+def test_decode_attention_load_orders(target, paged_batch, monkeypatch, load_order):
+    """The benchmark's variants of the split loop (V loaded next to K; next tile prefetched)."""
+    from core.ops import triton_decode_attention as mod
+
+    monkeypatch.setattr(mod, load_order.upper(), True)
+    device, dtype = target
+    b = paged_batch([(1, 1), (70, 1), (129, 1), (33, 1)], 4, 2, 16, 16, device, dtype)
+    meta, scale = b["meta"], 0.25
+    ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
+    for splits in (1, 3):
+        out = mod.decode_attention(b["q"], b["k_cache"], b["v_cache"], meta.block_tables,
+                                   meta.context_lens, scale, splits=splits)  # fmt: skip
+        assert rel_err(out, ref) < tolerance(dtype), splits
+
+
 # odd contexts; with BLOCK_N 64 the later splits of the short ones (and at 7 or 16 splits, of
 # all of them) are empty: their partials carry m = -inf, l = 0
 FUSED_SEQS = [(1, 1), (5, 1), (63, 1), (65, 1), (131, 1), (257, 1)]
