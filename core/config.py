@@ -76,6 +76,9 @@ class EngineConfig:
     cpu_kv_cache_bytes: int = 256 * 1024 * 1024  # KV cache budget on CPU
     num_kv_blocks: int | None = None  # fixes the number of KV blocks (tests, benchmarks)
     cuda_graphs: bool = True
+    # with cuda_graphs: a one-sequence prefill step replays a graph (tokens padded to 16, 32, ...
+    # 2048) instead of ~840 launches; false runs every prefill eagerly
+    prefill_graphs: bool = True
     # report step N (detokenize, stop strings, outputs) while step N + 1 runs on the device
     async_output: bool = True
     # launch decode step N + 1 before step N's tokens reach the host (fed on the device); needs

@@ -12,6 +12,7 @@ from core.distributed import SINGLE, TPGroup
 from core.layers.attention_metadata import AttentionMetadata
 from core.model_builder import load_model
 from core.plugins import Registries
+from core.prefill_graphs import PrefillGraphs
 from core.scheduler import ScheduledBatch
 from core.sequence import FedTokens
 
@@ -58,6 +59,7 @@ class ModelRunner:
         self._allocate_kv_cache()
         self.max_blocks_per_seq = -(-self.model_config.session_len // self.block_size)
         self.graphs: DecodeGraphs | None = None
+        self.prefill_graphs: PrefillGraphs | None = None
         if self.device.type == "cuda":
             self.warm_up()
         # the torch references of the attention ops sync with the host: not capturable
@@ -65,6 +67,9 @@ class ModelRunner:
         if self.device.type == "cuda" and cfg.engine.cuda_graphs and capturable:
             self.graphs = DecodeGraphs(self, cfg.engine.max_graph_batch_size)
             self.graphs.capture()
+            if cfg.engine.prefill_graphs and tp.size == 1:
+                self.prefill_graphs = PrefillGraphs(self, cfg.engine.max_num_batched_tokens)
+                self.prefill_graphs.capture()
 
     # ---- KV cache ----------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
@@ -179,6 +184,8 @@ class ModelRunner:
         """
         if self.graphs is not None and batch.is_decode and self.graphs.can_run(len(batch.seqs)):
             return self.graphs.run(batch, fed)
+        if self.prefill_graphs is not None and fed is None and self.prefill_graphs.can_run(batch):
+            return self.prefill_graphs.run(batch)
         input_ids, positions, meta, rows = self.prepare(batch)
         if fed is not None:
             assert batch.is_decode, "only decode steps take their inputs from the device"

@@ -105,3 +105,28 @@ def test_async_scheduling_feeds_graph_steps_on_the_device_without_changing_a_tok
     for w, g in zip(want, got):
         assert g.token_ids == w.token_ids
         assert [x.logprob for x in g.logprobs] == [x.logprob for x in w.logprobs]
+
+
+def test_prefill_graphs_give_the_eager_prefill_tokens_and_logprobs_fp32():
+    eager = engine("triton", graphs=True, dtype="float32")
+    eager.runner.prefill_graphs = None  # every prefill eager
+    graphed = engine("triton", graphs=True, dtype="float32")
+    assert graphed.runner.prefill_graphs is not None
+    assert graphed.runner.prefill_graphs.sizes == [16, 32, 64]  # max_num_batched_tokens 64
+    run, replays = graphed.runner.prefill_graphs.run, []
+    graphed.runner.prefill_graphs.run = lambda batch: replays.append(batch) or run(batch)
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=0)
+    for i, prompt in enumerate(PROMPTS):  # one at a time: each prefill is a batch of one
+        outs = []
+        for e in (eager, graphed):
+            e.add_request(prompt, params, f"alone{i}")
+            while e.has_unfinished():
+                outs += [o.outputs[0] for o in e.step() if o.finished]
+        want, got = outs
+        assert got.token_ids == want.token_ids, i
+        lw = torch.tensor([x.logprob for x in want.logprobs])
+        lg = torch.tensor([x.logprob for x in got.logprobs])
+        assert (lw - lg).abs().max().item() < 1e-3
+    # every prompt's last prefill chunk replayed a prefill graph (130 tokens: 64 + 64 eager,
+    # then 2), except the one-token prompt, whose step is a decode step (the decode graphs)
+    assert len(replays) == sum(len(p) > 1 for p in PROMPTS) == 5
