@@ -14,11 +14,7 @@ Weights are in the kernel layout of plugins/awq/layout.py; reference.py is the o
   broadcast shift and reshape instead of eight 16-wide slices (kept for the sweep; slower on H100).
 - ``dequant`` (M > 64): dequantize the whole weight to fp16 [N, K], then cuBLAS ``F.linear``.
 
-Dequantization uses the fp16 magic number: OR-ing a nibble into the mantissa of 1024.0 (0x6400)
-gives 1024 + q exactly; OR-ing 0x64006400 after ``(q >> 4p) & 0x000F000F`` does it for two
-values (two 16-wide K slices) per int32 operation. The zero point is unpacked the same way to
-1024 + z, so ``(1024 + q) - (1024 + z)`` is exact and ``w = (q - z) * s`` rounds once, as the
-reference does.
+Dequantization (the fp16 magic number, exact q - z) is plugins/awq/dequant.py's, shared by every path.
 
 All kernels run under ``TRITON_INTERPRET=1`` on CPU tensors (tests use that).
 """
@@ -32,8 +28,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from plugins.awq.dequant import (
+    DEFAULT_TILE,
+    awq_dequantize,
+    check_weight,
+    dequant_piece,
+    group_params,
+)
 from plugins.awq.gemv import awq_gemv
-from plugins.awq.reference import KCHUNK, PIECE
+from plugins.awq.reference import KCHUNK
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
 # it prefill. From DEQUANT_MIN_M on, prefill dequantizes to fp16 and calls cuBLAS: the
@@ -70,14 +73,11 @@ class Config:
     prefetch: bool = False  # gemv: load the next tile before this one's math (double-buffer)
 
 
-# The prefill dequantize (path "dequant"): "tile" builds [block_n, unroll * 128] per program and
-# writes each row with one contiguous store; "v1" is the old [32, 128] program with eight 16-wide
-# stores. `bench/kernels.py --dequant` on an H100, the four internlm-chat-20b shapes per layer:
-# v1 344 us (0.78 of copy bandwidth), tile 8 rows x 4 chunks, 2 warps 295 us (0.90; writing the
-# fp16 weight alone takes 209 us); with cuBLAS at M=256 642 -> 589 us. Tiles of 2 to 16 rows and
-# 2 to 8 chunks were within 1% of each other, one chunk per program 2% slower.
-DEQUANT_IMPL = "tile"
-DEQUANT_CONFIG = Config("dequant", block_n=8, num_warps=2, unroll=4)
+# The prefill dequantize's launch (plugins/awq/dequant.py says which benchmark chose it).
+DEQUANT_CONFIG = Config(
+    "dequant", block_n=DEFAULT_TILE.block_n, num_warps=DEFAULT_TILE.num_warps,
+    unroll=DEFAULT_TILE.unroll,
+)  # fmt: skip
 
 
 def default_config(m: int, n: int, k: int) -> Config:
@@ -122,26 +122,6 @@ def _gemv_config(m: int, n: int, k: int) -> Config:
 
 
 @triton.jit
-def _dequant_piece(q, zz, s, J: tl.constexpr):
-    """Slice J (0..7) of a [BN, 16] int32 tile -> fp16 [BN, 16] weights ``(q - z) * s``."""
-    v = ((q >> (4 * (J % 4))) & 0x000F000F) | 0x64006400  # two fp16 1024 + q per int32
-    if J < 4:
-        h = v.to(tl.int16)
-    else:
-        h = (v >> 16).to(tl.int16)
-    return (h.to(tl.float16, bitcast=True) - zz[:, None]) * s[:, None]
-
-
-@triton.jit
-def _group_params(s_ptr, z_ptr, g, offs_n, mask_n, N):
-    """Scales and 1024 + zero of group g for rows offs_n: two fp16 [BN]."""
-    s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
-    zi = tl.load(z_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
-    zz = (((zi >> ((offs_n % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-    return s, zz
-
-
-@triton.jit
 def _chunk(
     acc,
     q,
@@ -160,12 +140,12 @@ def _chunk(
     if MODE >= 3:  # whole-chunk tile: one [BN, 128] dequant, one x load, one dot of K = 128
         offs_j = tl.arange(0, 8)
         if GROUP == 128:
-            s, zz = _group_params(s_ptr, z_ptr, chunk, offs_n, mask_n, N)
+            s, zz = group_params(s_ptr, z_ptr, chunk, offs_n, mask_n, N)
             s3 = s[:, None, None]
             zz3 = zz[:, None, None]
         else:
             g = (chunk * 128 + offs_j * 16) // GROUP  # [8] group of each 16-wide slice
-            s2, zz2 = _group_params(s_ptr, z_ptr, g[None, :], offs_n[:, None], mask_n[:, None], N)
+            s2, zz2 = group_params(s_ptr, z_ptr, g[None, :], offs_n[:, None], mask_n[:, None], N)
             s3 = s2[:, :, None]  # [BN, 8, 1]
             zz3 = zz2[:, :, None]
         v = ((q[:, None, :] >> (4 * offs_j)[None, :, None]) & 0xF) | 0x6400  # [BN, 8, 16]
@@ -179,10 +159,10 @@ def _chunk(
     else:
         for j in tl.static_range(8):
             if (j * 16) % GROUP == 0:
-                s, zz = _group_params(
+                s, zz = group_params(
                     s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N
                 )
-            w = _dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
+            w = dequant_piece(q, zz, s, j)  # [BN, 16] fp16: k = chunk*128 + j*16 + c
             xj = tl.load(x_ptrs + chunk * 128 + j * 16, mask=mask_m[:, None], other=0.0)  # [BM, 16]
             if MODE == 1:
                 acc = tl.dot(xj, tl.trans(w), acc)  # [BM, BN]
@@ -276,110 +256,6 @@ def _awq_gemm_kernel(
         tl.atomic_add(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
 
 
-@triton.jit
-def _awq_dequant_kernel(
-    qw_ptr, s_ptr, z_ptr, w_ptr, N, K, GROUP: tl.constexpr, BLOCK_N: tl.constexpr
-):
-    # v1 (impl="v1"): one [BN, 128] chunk per program, eight 16-wide stores; kept for the benchmark.
-    pid_n = tl.program_id(0)
-    chunk = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_c = tl.arange(0, 16)
-    mask_n = offs_n < N
-    q = tl.load(
-        qw_ptr + offs_n[:, None] * tl.multiple_of(K // 8, 16) + chunk * 16 + offs_c[None, :],
-        mask=mask_n[:, None],
-        other=0,
-    )
-    w_ptrs = w_ptr + offs_n[:, None] * K + chunk * 128 + offs_c[None, :]  # [BN, 16]
-    for j in tl.static_range(8):
-        if (j * 16) % GROUP == 0:
-            s, zz = _group_params(s_ptr, z_ptr, (chunk * 128 + j * 16) // GROUP, offs_n, mask_n, N)
-        tl.store(w_ptrs + j * 16, _dequant_piece(q, zz, s, j), mask=mask_n[:, None])
-
-
-@triton.jit
-def _awq_dequant_tile_kernel(
-    qw_ptr,
-    s_ptr,
-    z_ptr,
-    w_ptr,
-    N,
-    K,
-    GROUP: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    CHUNKS: tl.constexpr,
-):
-    """W[rows, first*128 : +CHUNKS*128] for BLOCK_N rows: one q load, one store per program.
-
-    The tile is built in natural k order (a broadcast shift over the 8 nibble slots, then a
-    reshape), so each row's CHUNKS * 256 bytes leave in one contiguous store that Triton can
-    issue as 16-byte vectors, where v1 writes 32 bytes per row per store from small programs.
-    """
-    # K blocks vary fastest: programs running together fill consecutive bytes of a few rows
-    # (W is [N, K] row-major) instead of one column block of many rows. On the H100 that took
-    # the four internlm-chat-20b shapes from 0.865 to 0.905 of copy bandwidth, same tiles.
-    pid_n = tl.program_id(1)
-    first = tl.program_id(0) * CHUNKS  # first 128-wide K chunk of this program
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    offs_j = tl.arange(0, 8)
-    # K % 128 == 0 makes every row 64-byte aligned; Triton only knows K % 16 == 0 (16-byte loads)
-    q_ptrs = (
-        qw_ptr
-        + offs_n[:, None] * tl.multiple_of(K // 8, 16)
-        + first * 16
-        + tl.arange(0, CHUNKS * 16)[None, :]
-    )
-    q = tl.load(q_ptrs, mask=mask_n[:, None], other=0)  # [BN, CHUNKS * 16] int32
-    q = tl.reshape(q, (BLOCK_N, CHUNKS, 1, 16))
-    v = ((q >> (4 * offs_j)[None, None, :, None]) & 0xF) | 0x6400  # [BN, CHUNKS, 8, 16]
-    chunks = first + tl.arange(0, CHUNKS)
-    if GROUP == 128:  # one group per chunk: load each scale once, not once per 16-wide slice
-        s, zz = _group_params(s_ptr, z_ptr, chunks[None, :], offs_n[:, None], mask_n[:, None], N)
-        s4 = s[:, :, None, None]  # [BN, CHUNKS, 1, 1]
-        zz4 = zz[:, :, None, None]
-    else:  # a 16-wide slice lies in one group (G in 32, 64)
-        g = (chunks[:, None] * 128 + offs_j[None, :] * 16) // GROUP  # [CHUNKS, 8]
-        s, zz = _group_params(
-            s_ptr, z_ptr, g[None, :, :], offs_n[:, None, None], mask_n[:, None, None], N
-        )
-        s4 = s[:, :, :, None]  # [BN, CHUNKS, 8, 1]
-        zz4 = zz[:, :, :, None]
-    w = (v.to(tl.int16).to(tl.float16, bitcast=True) - zz4) * s4  # k = (first + i)*128 + j*16 + c
-    w = tl.reshape(w, (BLOCK_N, CHUNKS * 128))  # natural k order
-    offs_k = first * 128 + tl.arange(0, CHUNKS * 128)
-    tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=mask_n[:, None])
-
-
-def _check_weight(
-    qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int, k: int
-) -> int:
-    """Asserts the kernel layout of an [N, K] weight (layout.py); returns N."""
-    assert KCHUNK == 128 and PIECE == 16, "kernels hard-code the 128-wide K chunk of layout.py"
-    n = qweight.shape[0]
-    assert qweight.dtype == torch.int32 and qweight.is_contiguous(), (
-        "qweight must be contiguous int32"
-    )
-    assert tuple(qweight.shape) == (n, k // 8), (
-        f"qweight {tuple(qweight.shape)}, expected [N, K/8] = [{n}, {k // 8}]"
-    )
-    assert k % KCHUNK == 0 and group_size in (32, 64, 128), (
-        f"K={k} must divide by 128, G={group_size}"
-    )
-    assert scales.dtype == torch.float16 and scales.is_contiguous(), (
-        "scales must be contiguous fp16"
-    )
-    assert tuple(scales.shape) == (k // group_size, n), (
-        f"scales {tuple(scales.shape)}, expected [{k // group_size}, {n}]"
-    )
-    assert qzeros.dtype == torch.int32 and qzeros.is_contiguous(), "qzeros must be contiguous int32"
-    assert tuple(qzeros.shape) == (k // group_size, n // 8), (
-        f"qzeros {tuple(qzeros.shape)}, expected [{k // group_size}, {n // 8}]"
-    )
-    return n
-
-
 def _check(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -392,51 +268,8 @@ def _check(
     )
     assert x.stride(1) == 1, f"x rows must be contiguous, strides {x.stride()}"
     m, k = x.shape
-    n = _check_weight(qweight, scales, qzeros, group_size, k)
+    n = check_weight(qweight, scales, qzeros, group_size, k)
     return m, n, k
-
-
-def awq_dequantize(
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    qzeros: torch.Tensor,
-    group_size: int,
-    config: Config | None = None,
-    impl: str = DEQUANT_IMPL,
-) -> torch.Tensor:
-    """Kernel layout -> fp16 W [N, K] (for cuBLAS prefill), bit-identical to ``dequantize_kernel``.
-
-    ``impl`` "tile" (default): [block_n, unroll * 128] per program, one store per row; "v1": the
-    old [block_n, 128] programs with eight 16-wide stores (bench/kernels.py --dequant times both).
-    ``config`` (path "dequant") overrides DEQUANT_CONFIG; v1 reads block_n and num_warps only.
-    """
-    # qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32 -> W [N, K] fp16
-    # grid (K / (128 * chunks), cdiv(N, block_n)); v1: (cdiv(N, block_n), K / 128)
-    k = qweight.shape[1] * 8
-    n = _check_weight(qweight, scales, qzeros, group_size, k)
-    assert impl in ("tile", "v1"), f"unknown dequantize impl {impl!r}"
-    cfg = config or (Config("dequant", block_n=32) if impl == "v1" else DEQUANT_CONFIG)
-    if qweight.device.type == "cpu" and config is None and impl == "tile":
-        cfg = Config("dequant", block_n=64, unroll=4)  # interpreter: few, large programs
-    assert cfg.path == "dequant", f"not a dequantize config: {cfg}"
-    w = torch.empty((n, k), dtype=torch.float16, device=qweight.device)
-    if impl == "v1":
-        grid = (triton.cdiv(n, cfg.block_n), k // KCHUNK)
-        _awq_dequant_kernel[grid](
-            qweight, scales, qzeros, w, n, k,
-            GROUP=group_size, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-        )  # fmt: skip
-        return w
-    chunks = cfg.unroll
-    assert chunks >= 1 and chunks & (chunks - 1) == 0, f"unroll (chunks) {chunks}: a power of 2"
-    while (k // KCHUNK) % chunks:  # a program takes whole chunks: down's 108 do not divide by 8
-        chunks //= 2
-    grid = (k // (KCHUNK * chunks), triton.cdiv(n, cfg.block_n))  # K blocks fastest (kernel)
-    _awq_dequant_tile_kernel[grid](
-        qweight, scales, qzeros, w, n, k,
-        GROUP=group_size, BLOCK_N=cfg.block_n, CHUNKS=chunks, num_warps=cfg.num_warps,
-    )  # fmt: skip
-    return w
 
 
 def awq_gemm(
