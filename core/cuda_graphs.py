@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -14,6 +15,27 @@ if TYPE_CHECKING:
     from core.sequence import FedTokens
 
 GRAPH_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128)
+
+
+@torch.inference_mode()
+def capture_graphs(
+    sizes: list[int], forward: Callable[[int], torch.Tensor]
+) -> tuple[dict[int, torch.cuda.CUDAGraph], dict[int, torch.Tensor]]:
+    """One graph of ``forward(size)`` per size and its static output, sharing one memory pool
+    (largest first, so the smaller graphs reuse its memory)."""
+    graphs: dict[int, torch.cuda.CUDAGraph] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    pool = None
+    for size in sorted(sizes, reverse=True):
+        forward(size)  # warm up (Triton compiles, cuBLAS picks algorithms)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[size] = forward(size)
+        pool = pool or graph.pool()
+        graphs[size] = graph
+    torch.cuda.synchronize()
+    return graphs, outputs
 
 
 class DecodeGraphs:
@@ -50,7 +72,6 @@ class DecodeGraphs:
         self.query_start_loc = torch.arange(limit + 1, dtype=torch.int32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
 
     def _meta(self, bs: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -73,18 +94,8 @@ class DecodeGraphs:
         hidden = model(self.input_ids[:bs], self.positions[:bs], self._meta(bs))
         return model.compute_logits(hidden).float()
 
-    @torch.inference_mode()
     def capture(self) -> None:
-        for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-            self._forward(bs)  # warm up (Triton compiles, cuBLAS picks algorithms)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[bs] = self._forward(bs)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[bs] = graph
-        torch.cuda.synchronize()
+        self.graphs, self.outputs = capture_graphs(self.sizes, self._forward)
 
     def can_run(self, num_seqs: int) -> bool:
         return num_seqs <= self.max_bs

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from core.cuda_graphs import capture_graphs
 from core.layers.attention_metadata import AttentionMetadata
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ class PrefillGraphs:
         self.token_context_lens = torch.ones(top, dtype=torch.int32, device=dev)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
 
     def _forward(self, t: int) -> torch.Tensor:
         self.context_lens.copy_(self.dev_i32[0:1])
@@ -74,18 +74,8 @@ class PrefillGraphs:
         hidden = model(self.dev_i64[0, :t], self.dev_i64[1, :t], meta)  # (t, hidden)
         return model.compute_logits(hidden.index_select(0, self.last_row)).float()  # (1, V)
 
-    @torch.inference_mode()
     def capture(self) -> None:
-        for t in reversed(self.sizes):  # largest first, so smaller graphs reuse its pool
-            self._forward(t)  # warm up (Triton compiles, cuBLAS picks algorithms)
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.outputs[t] = self._forward(t)
-            if self.pool is None:
-                self.pool = graph.pool()
-            self.graphs[t] = graph
-        torch.cuda.synchronize()
+        self.graphs, self.outputs = capture_graphs(self.sizes, self._forward)
 
     def can_run(self, batch: ScheduledBatch) -> bool:
         if len(batch.seqs) != 1 or not self.sizes:
