@@ -21,6 +21,7 @@ from core.layers.attention_metadata import AttentionMetadata
 if TYPE_CHECKING:
     from core.model_runner import ModelRunner
     from core.scheduler import ScheduledBatch
+    from core.sequence import Sequence
 
 PREFILL_GRAPH_TOKENS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -87,23 +88,31 @@ class PrefillGraphs:
         """Logits [1, V] (fp32) of the sequence's last token."""
         seq, n = batch.seqs[0], batch.num_tokens[0]
         t = next(s for s in self.sizes if s >= n)
-        start = seq.num_computed_tokens
         bs = self.runner.block_size
         if self.staged is not None:
             self.staged.synchronize()  # the previous prefill's copies have left the buffers
-        i64, i32 = self.host_i64_np, self.host_i32_np
-        pos = np.arange(start, start + n)
-        table = np.asarray(seq.block_table, dtype=np.int64)
-        i64[0, :n] = seq.token_ids[start : start + n]
-        i64[1, :n] = pos
-        i64[2, :n] = table[pos // bs] * bs + pos % bs
-        i64[:2, n:t] = 0
-        i64[2, n:t] = -1  # padded rows write no KV
-        i32[:4] = (start + n, 0, n, n - 1)
-        i32[4 : 4 + len(table)] = table
+        stage_prefill(self.host_i64_np, self.host_i32_np, seq, n, t, bs)
         self.dev_i64[:, :t].copy_(self.host_i64[:, :t], non_blocking=True)
         self.dev_i32.copy_(self.host_i32, non_blocking=True)
         self.staged = torch.cuda.Event()
         self.staged.record()
         self.graphs[t].replay()
         return self.outputs[t]
+
+
+def stage_prefill(
+    i64: np.ndarray, i32: np.ndarray, seq: Sequence, n: int, t: int, block_size: int
+) -> None:
+    """Write the step's inputs for ``n`` new tokens of ``seq``, padded to ``t``, into the staging
+    arrays: i64 [3, >= t] (input ids, positions, KV slots) and i32 [4 + max blocks] (context
+    length, query start and end, the last real row, the block table)."""
+    start = seq.num_computed_tokens
+    pos = np.arange(start, start + n)
+    table = np.asarray(seq.block_table, dtype=np.int64)
+    i64[0, :n] = seq.token_ids[start : start + n]
+    i64[1, :n] = pos
+    i64[2, :n] = table[pos // block_size] * block_size + pos % block_size
+    i64[:2, n:t] = 0
+    i64[2, n:t] = -1  # padded rows write no KV
+    i32[:4] = (start + n, 0, n, n - 1)
+    i32[4 : 4 + len(table)] = table
