@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from core.block_manager import BlockManager
 from core.config import NybbleConfig
 from core.detokenizer import IncrementalDetokenizer
 from core.engine_stats import EngineStats
 from core.model_runner import ModelRunner
-from core.outputs import CompletionOutput, RequestOutput, Usage
+from core.outputs import RequestOutput
 from core.plugins import Registries, get_registries
+from core.request_state import RequestState, SeqState
 from core.sampler import PendingSample, Sampler, SamplingBatch, make_generator
 from core.sampling_params import SamplingParams
 from core.scheduler import ScheduledBatch, Scheduler
@@ -25,29 +26,6 @@ from core.tp_worker import ParallelModelRunner
 class RequestError(ValueError):
     """A request the engine cannot serve (too long, empty, unknown session); the message says
     which limit and the sizes."""
-
-
-@dataclass
-class _SeqState:
-    seq: Sequence
-    detok: IncrementalDetokenizer
-    stops: StopStringMatcher
-    text: str = ""
-    emitted_tokens: int = 0  # output tokens already reported
-    pending_text: str = ""  # text produced since the last report
-    emitted_logprobs: int = 0
-
-
-@dataclass
-class _Request:
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    states: list[_SeqState]
-    session_id: str | None
-    prompt: str | None
-    arrival: float = field(default_factory=time.monotonic)
-    first_token_time: float | None = None
 
 
 @dataclass
@@ -100,7 +78,7 @@ class Engine:
         )
         self.sampler = Sampler()
         self.eos_ids = tuple(sorted({mc.eos_token_id, *self.template.stop_token_ids}))
-        self.requests: dict[str, _Request] = {}
+        self.requests: dict[str, RequestState] = {}
         self.sessions: dict[str, list[int]] = {}
         self.stats = EngineStats()
         self._ids = itertools.count()
@@ -170,14 +148,14 @@ class Engine:
             if params.seed is not None:
                 seq.generator = make_generator(params.seed + index, self.runner.device)
             states.append(
-                _SeqState(
+                SeqState(
                     seq=seq,
                     detok=IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
                     stops=StopStringMatcher(params.stop, params.include_stop_str_in_output),
                 )
             )
             self.scheduler.add(seq)
-        self.requests[request_id] = _Request(request_id, ids, params, states, session_id, text)
+        self.requests[request_id] = RequestState(request_id, ids, params, states, session_id, text)
         self.stats.on_request_added(len(ids))
         return request_id
 
@@ -286,25 +264,23 @@ class Engine:
             return False
         if launched.pending is None:
             return False
-        sched = self.scheduler
-        if sched.waiting and len(sched.running) < sched.max_batch_size:
+        if self.scheduler.can_admit:
             return False  # a waiting request joins the next step: schedule it with the tokens
         sampling = {s.seq_id for s in launched.sampling}
         return all(
             seq.seq_id in sampling
             and seq.num_uncomputed_tokens == 0
             and not seq.params.has_penalties
-            for seq in sched.running
+            for seq in self.scheduler.running
         )
 
     def _next_step_decodes_only(self) -> bool:
         """Whether the next step is one token per running sequence: a step that prefills is not
         launched ahead, since its launch (eager, kernel by kernel) would delay this report, the
         first tokens of the requests it prefilled."""
-        sched = self.scheduler
-        if sched.waiting and len(sched.running) < sched.max_batch_size:
+        if self.scheduler.can_admit:
             return False  # a waiting request joins the next step
-        return all(seq.num_uncomputed_tokens == 1 for seq in sched.running)
+        return all(seq.num_uncomputed_tokens == 1 for seq in self.scheduler.running)
 
     def _collect(self, launched: _Launched) -> list[Sequence]:
         """Wait for a launched step's tokens and append them; returns the sequences that got one.
@@ -344,7 +320,7 @@ class Engine:
         """Whether ``token`` (just appended) ends ``seq`` whatever text it makes."""
         return self._is_stop_token(seq, token) or self._at_length(seq)
 
-    def _check_finished(self, st: _SeqState, new_tokens: list[int]) -> None:
+    def _check_finished(self, st: SeqState, new_tokens: list[int]) -> None:
         seq = st.seq
         for t in new_tokens:
             if self._is_stop_token(seq, t):
@@ -354,7 +330,7 @@ class Engine:
         if seq.finish_reason is None and self._at_length(seq):
             seq.finish_reason = "length"
 
-    def _advance(self, req: _Request) -> RequestOutput:
+    def _advance(self, req: RequestState) -> RequestOutput:
         now = time.monotonic()
         if req.first_token_time is None:
             req.first_token_time = now
@@ -377,46 +353,13 @@ class Engine:
         )
         if all(st.seq.is_finished for st in req.states):
             return self._finish_request(req)
-        return self._report(req)
+        return req.output()
 
-    def _report(self, req: _Request, finished: bool = False) -> RequestOutput:
-        outs = []
-        for st in req.states:
-            seq = st.seq
-            delta_ids = seq.output_token_ids[st.emitted_tokens :]
-            delta_lp = seq.logprobs[st.emitted_logprobs :]
-            st.emitted_tokens = seq.num_output_tokens
-            st.emitted_logprobs = len(seq.logprobs)
-            st.text += st.pending_text
-            outs.append(
-                CompletionOutput(
-                    index=seq.index,
-                    text=st.text,
-                    token_ids=seq.output_token_ids,
-                    delta_text=st.pending_text,
-                    delta_token_ids=delta_ids,
-                    finish_reason=seq.finish_reason,
-                    stop_reason=seq.stop_reason,
-                    logprobs=list(seq.logprobs),
-                    delta_logprobs=delta_lp,
-                )
-            )
-            st.pending_text = ""
-        first = req.states[0].seq
-        usage = Usage(
-            prompt_tokens=len(req.prompt_ids),
-            completion_tokens=sum(st.seq.num_output_tokens for st in req.states),
-            cached_tokens=first.num_cached_prompt_tokens,
-        )
-        return RequestOutput(
-            req.request_id, req.prompt_ids, outs, finished, usage, req.session_id, req.prompt
-        )
-
-    def _finish_request(self, req: _Request) -> RequestOutput:
+    def _finish_request(self, req: RequestState) -> RequestOutput:
         self.requests.pop(req.request_id, None)
         if req.session_id is not None:
             # the conversation so far, answer included (also a partial, aborted one)
             self.sessions[req.session_id] = list(req.states[0].seq.token_ids)
         for st in req.states:
             self.stats.on_finished(st.seq.finish_reason or "abort")
-        return self._report(req, finished=True)
+        return req.output(finished=True)

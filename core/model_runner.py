@@ -10,6 +10,7 @@ from core.config import NybbleConfig
 from core.cuda_graphs import DecodeGraphs
 from core.distributed import SINGLE, TPGroup
 from core.layers.attention_metadata import AttentionMetadata
+from core.logits_processors import to_device
 from core.model_builder import load_model
 from core.plugins import Registries
 from core.prefill_graphs import PrefillGraphs
@@ -189,7 +190,8 @@ class ModelRunner:
         input_ids, positions, meta, rows = self.prepare(batch)
         if fed is not None:
             assert batch.is_decode, "only decode steps take their inputs from the device"
-            input_ids = fed.ids.index_select(0, fed.rows_on(self.device))  # (B,)
+            rows_t = to_device(torch.tensor(fed.rows, dtype=torch.int64), self.device)
+            input_ids = fed.ids.index_select(0, rows_t)  # (B,)
         hidden = self.model(input_ids, positions, meta)  # (T, hidden)
         if not rows:
             return hidden.new_empty((0, self.model_config.vocab_size), dtype=torch.float32)

@@ -58,6 +58,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def can_admit(self) -> bool:
+        """Whether the next schedule would take a waiting sequence (one waits, a slot is free)."""
+        return bool(self.waiting) and len(self.running) < self.max_batch_size
+
     def _preempt(self, seq: Sequence, batch: ScheduledBatch) -> None:
         self.running.remove(seq)
         self.block_manager.free(seq)
@@ -93,12 +98,7 @@ class Scheduler:
             budget -= n
             i += 1
         # 2. waiting sequences, in arrival order (preempted ones are at the front)
-        while (
-            admit_waiting
-            and self.waiting
-            and budget > 0
-            and len(self.running) < self.max_batch_size
-        ):
+        while admit_waiting and budget > 0 and self.can_admit:
             seq = self.waiting[0]
             bm.match_prefix(seq)
             n = min(seq.num_uncomputed_tokens, budget)

@@ -131,9 +131,3 @@ class FedTokens:
 
     ids: torch.Tensor
     rows: list[int]
-
-    def rows_on(self, device: torch.device) -> torch.Tensor:
-        rows = torch.tensor(self.rows, dtype=torch.int64)
-        if device.type == "cuda":  # pinned + non_blocking: the copy does not wait for the GPU
-            return rows.pin_memory().to(device, non_blocking=True)
-        return rows.to(device)

@@ -8,6 +8,11 @@ from core.engine import Engine
 from core.sampling_params import SamplingParams
 from tests.conftest import tiny_config, tiny_model_config
 
+# prompts of assorted lengths (2 to 60 tokens) inside the tiny vocabulary
+PROMPTS = [
+    [(7 * i + 3 * j) % 250 + 3 for j in range(n)] for i, n in enumerate((5, 17, 33, 2, 60, 9))
+]
+
 
 def make_engine(**engine) -> Engine:
     """Tiny model whose vocabulary (1024) the offline byte tokenizer covers: bytes, then

@@ -9,14 +9,34 @@ import pytest
 from core.config import ConfigError, NybbleConfig, validate
 from core.sampling_params import SamplingParams
 from core.sequence import PLACEHOLDER
-from tests.engine_fixtures import greedy, make_engine, run_all
-from tests.test_engine import PROMPTS, _mixed_workload
+from tests.engine_fixtures import PROMPTS, greedy, make_engine, run_all
 
 MODES = {
     "sync": dict(async_output=False, async_scheduling=False),
     "async_output": dict(async_output=True, async_scheduling=False),
     "async_scheduling": dict(async_output=True, async_scheduling=True),
 }
+
+
+def _stream_all(engine) -> dict:
+    """Step to the end; per request: every delta text and the final output."""
+    seen: dict = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            deltas, _ = seen.get(out.request_id, ([], None))
+            seen[out.request_id] = (deltas + [out.outputs[0].delta_text], out)
+    return seen
+
+
+def _mixed_workload(engine, stop: str, stop_id: int) -> dict:
+    engine.add_request(PROMPTS[0], greedy(30, stop=[stop]), "stop-string")
+    engine.add_request(PROMPTS[0], greedy(30, stop=[stop], include_stop_str_in_output=True), "kept")
+    engine.add_request(PROMPTS[3], greedy(10, stop_token_ids=[stop_id]), "stop-id")
+    engine.add_request(PROMPTS[1], greedy(7, logprobs=2), "logprobs")
+    seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=9, n=2, seed=5)
+    engine.add_request(PROMPTS[2], seeded, "seeded")
+    engine.add_request(PROMPTS[4], greedy(3), "short")
+    return _stream_all(engine)
 
 
 def count_fed_steps(engine) -> dict:

@@ -7,11 +7,7 @@ import pytest
 
 from core.engine import RequestError
 from core.sampling_params import SamplingParams
-from tests.engine_fixtures import greedy, make_engine, run_all
-
-PROMPTS = [
-    [(7 * i + 3 * j) % 250 + 3 for j in range(n)] for i, n in enumerate((5, 17, 33, 2, 60, 9))
-]
+from tests.engine_fixtures import PROMPTS, greedy, make_engine, run_all
 
 
 def alone(prompt, params=None):
@@ -232,56 +228,6 @@ def test_warm_up_leaves_no_trace_in_later_requests(reference_tokens):
     engine.runner.warm_up()
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     assert batched(engine) == reference_tokens
-
-
-def _stream_all(engine) -> dict:
-    """Step to the end; per request: every delta text and the final output."""
-    seen: dict = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            deltas, _ = seen.get(out.request_id, ([], None))
-            seen[out.request_id] = (deltas + [out.outputs[0].delta_text], out)
-    return seen
-
-
-def _mixed_workload(engine, stop: str, stop_id: int) -> dict:
-    engine.add_request(PROMPTS[0], greedy(30, stop=[stop]), "stop-string")
-    engine.add_request(PROMPTS[0], greedy(30, stop=[stop], include_stop_str_in_output=True), "kept")
-    engine.add_request(PROMPTS[3], greedy(10, stop_token_ids=[stop_id]), "stop-id")
-    engine.add_request(PROMPTS[1], greedy(7, logprobs=2), "logprobs")
-    seeded = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=9, n=2, seed=5)
-    engine.add_request(PROMPTS[2], seeded, "seeded")
-    engine.add_request(PROMPTS[4], greedy(3), "short")
-    return _stream_all(engine)
-
-
-def test_async_output_reports_exactly_what_the_synchronous_loop_reports():
-    sync = make_engine(async_output=False, async_scheduling=False)
-    sync.add_request(PROMPTS[0], greedy(30), "free")
-    sync.add_request(PROMPTS[3], greedy(10), "free-3")
-    free = run_all(sync)
-    text = free["free"].outputs[0].text
-    i = next(i for i in range(5, len(text) - 3) if text.find(text[i : i + 3]) == i)
-    stop, stop_id = text[i : i + 3], free["free-3"].outputs[0].token_ids[4]
-    results = {}
-    for flag in (False, True):
-        engine = make_engine(async_output=flag)
-        results[flag] = _mixed_workload(engine, stop, stop_id)
-        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
-        engine.block_manager.check_invariants()
-    assert results[True].keys() == results[False].keys()
-    for rid, (deltas, final) in results[False].items():
-        async_deltas, async_final = results[True][rid]
-        assert async_deltas == deltas, rid  # the same stream, step for step
-        for a, b in zip(async_final.outputs, final.outputs, strict=True):
-            assert (a.token_ids, a.text, a.finish_reason, a.stop_reason) == (
-                b.token_ids, b.text, b.finish_reason, b.stop_reason
-            ), rid  # fmt: skip
-            assert [(lp.token_id, lp.rank) for lp in a.logprobs] == [
-                (lp.token_id, lp.rank) for lp in b.logprobs
-            ]
-    assert results[True]["stop-string"][1].outputs[0].finish_reason == "stop"
-    assert results[True]["stop-id"][1].outputs[0].finish_reason == "stop"
 
 
 def test_async_output_launches_the_next_step_before_reporting_this_one():
