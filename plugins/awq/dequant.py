@@ -29,7 +29,7 @@ class DequantTile(NamedTuple):
 
 # The prefill dequantize: "tile" builds [block_n, unroll * 128] per program and writes each row
 # with one contiguous store; "v1" is the old [32, 128] program with eight 16-wide stores.
-# `bench/kernels.py --dequant` on an H100, the four internlm-chat-20b shapes per layer: v1 344 us
+# `bench/dequant.py` on an H100, the four internlm-chat-20b shapes per layer: v1 344 us
 # (0.78 of copy bandwidth), tile 8 rows x 4 chunks, 2 warps 295 us (0.90; writing the fp16
 # weight alone takes 209 us); with cuBLAS at M=256 642 -> 589 us. Tiles of 2 to 16 rows and 2 to
 # 8 chunks were within 1% of each other, one chunk per program 2% slower.
@@ -174,7 +174,7 @@ def awq_dequantize(
     """Kernel layout -> fp16 W [N, K] (for cuBLAS prefill), bit-identical to ``dequantize_kernel``.
 
     ``impl`` "tile" (default): [block_n, unroll * 128] per program, one store per row; "v1": the
-    old [block_n, 128] programs with eight 16-wide stores (bench/kernels.py --dequant times both).
+    old [block_n, 128] programs with eight 16-wide stores (bench/dequant.py times both).
     ``config`` (kernels.Config, path "dequant") overrides DEFAULT_TILE; v1 reads block_n and num_warps only.
     """
     # qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32 -> W [N, K] fp16
