@@ -72,14 +72,13 @@ def paged_cache(batch: int, ctx: int, layers: int):
     return caches, tables, lens
 
 
-# (BLOCK_N, PROGRAMS_PER_SM, NUM_WARPS, V_EARLY, PREFETCH, NUM_STAGES) of the decode sweep
-DECODE_KNOBS = ("BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS", "V_EARLY", "PREFETCH", "NUM_STAGES")
+# (BLOCK_N, PROGRAMS_PER_SM, NUM_WARPS, PREFETCH, NUM_STAGES) of the decode sweep
+DECODE_KNOBS = ("BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS", "PREFETCH", "NUM_STAGES")
 DECODE_SWEEP = [
-    (32, 4, 4, 0, 0, 3), (32, 8, 4, 0, 0, 3), (64, 2, 4, 0, 0, 3), (64, 8, 4, 0, 0, 3),
-    (128, 4, 8, 0, 0, 3), (128, 8, 8, 0, 0, 3),
-    # load order: V next to K; the next tile prefetched (fewer rows or more warps for registers)
-    (64, 4, 4, 1, 0, 3), (64, 4, 4, 0, 1, 3), (32, 4, 4, 0, 1, 3), (64, 4, 8, 0, 1, 3),
-    (32, 8, 4, 0, 1, 3), (64, 4, 4, 0, 0, 1), (64, 4, 4, 1, 0, 1), (64, 4, 4, 0, 0, 4),
+    (32, 4, 4, 1, 3), (32, 8, 4, 1, 3), (64, 2, 4, 1, 3), (64, 8, 4, 1, 3), (128, 4, 8, 1, 3),
+    (128, 8, 8, 1, 3), (64, 8, 8, 1, 3),
+    # without prefetching (K and V of a tile loaded together), and the pipeliner's stages
+    (64, 4, 4, 0, 3), (32, 4, 4, 0, 3), (64, 4, 4, 0, 1), (64, 4, 4, 1, 4),
 ]  # fmt: skip
 
 
@@ -97,10 +96,10 @@ def bench_decode(bw: float, sweep: bool) -> None:
         for config in dict.fromkeys(configs):
             for knob, value in zip(DECODE_KNOBS, config, strict=True):
                 setattr(decode_mod, knob, value)
-            block_n, per_sm, warps, v_early, prefetch, stages = config
+            block_n, per_sm, warps, prefetch, stages = config
             splits = decode_mod.num_splits(batch, H, MAX_BLOCKS * BS, q.device)
             tag = f"BN={block_n} ppsm={per_sm} w={warps} S={splits}"
-            tag += f" v_early={v_early} prefetch={prefetch} stages={stages}"
+            tag += f" prefetch={prefetch} stages={stages}"
             # the default tiles also run the reduce both ways: fused into the split kernel (the
             # last program to arrive merges) and as a second kernel; one split has no reduce
             impls = [("triton", None)]

@@ -41,14 +41,13 @@ BLOCK_N = 64
 PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64
 NUM_WARPS = 4
-# Load order inside the split loop: V_EARLY issues the V load next to the K load; PREFETCH
-# loads the next tile's K and V (and block ids) before this tile's math, so each program has one
-# tile in flight while it computes instead of two dependent load latencies per tile. H100,
-# bench/ops.py --sweep in CUDA graphs (ops-decode-loadorder-h100.csv), us per layer, default /
-# V_EARLY / PREFETCH: batch 1 x 256 context 11.1 / 8.7 / 8.2, 1 x 4096 52.7 / 42.3 / 41.5,
-# 16 x 512 85.3 / 69.3 / 70.4 (0.80 of copy bandwidth), 16 x 1024 161.4 / 129.2 / 132.1,
-# 64 x 1024 625 / 504 / 472 (0.95). num_stages 1, 3 and 4 measured the same.
-V_EARLY = False
+# Load order inside the split loop. A tile's K and V are loaded together (the V load used to
+# wait for the scores: two dependent latencies per tile); PREFETCH also loads the next tile's
+# K, V and block ids before this tile's math. H100, bench/ops.py --sweep in CUDA graphs
+# (ops-decode-loadorder-h100.csv), us per layer, V after the scores / together / PREFETCH:
+# batch 1 x 256 context 11.1 / 8.7 / 8.2, 1 x 4096 52.7 / 42.3 / 41.5, 16 x 512 85.3 / 69.3 /
+# 70.4 (0.80 of copy bandwidth), 16 x 1024 161.4 / 129.2 / 132.1, 64 x 1024 625 / 504 / 472
+# (0.95). num_stages 1, 3 and 4 measured the same.
 PREFETCH = True
 NUM_STAGES = 3
 # Merge the partials in the split kernel (last arriver) rather than in a second kernel: on an
@@ -138,7 +137,7 @@ def _decode_split_kernel(
     scale_log2, num_kv_groups, num_kv_heads, head_dim, num_splits,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr,
-    V_EARLY: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -171,21 +170,14 @@ def _decode_split_kernel(
                                            row_stride, head_off, offs_d, mask_d, BLOCK_SIZE,
                                            BLOCK_N)  # fmt: skip
         else:
-            block = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=mask_n, other=0)
-            slot = block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE  # (BN,)
-            kv = slot[:, None] * row_stride + head_off + offs_d[None, :]  # (BN, BD)
-            mask = mask_n[:, None] & mask_d[None, :]
-            k = tl.load(k_cache_ptr + kv, mask=mask, other=0.0)
-            if V_EARLY:  # both loads in flight before the first use
-                v = tl.load(v_cache_ptr + kv, mask=mask, other=0.0)
+            k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_ptr, start, hi, row_stride, head_off,
+                                 offs_d, mask_d, BLOCK_SIZE, BLOCK_N)  # fmt: skip
         k = k.to(tl.float32)
         s = tl.sum(k * q[None, :], axis=1)  # (BN,)
         s = tl.where(mask_n, s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new)
-        if not (PREFETCH or V_EARLY):
-            v = tl.load(v_cache_ptr + kv, mask=mask, other=0.0)
         v = v.to(tl.float32)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
@@ -271,7 +263,7 @@ def decode_attention(
         scale_log2, h // hk, hk, d, splits,
         BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
         BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct,
-        V_EARLY=V_EARLY, PREFETCH=PREFETCH, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        PREFETCH=PREFETCH, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](

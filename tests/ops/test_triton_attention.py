@@ -64,12 +64,12 @@ def test_decode_attention(
     assert rel_err(out, ref) < tolerance(dtype)
 
 
-@pytest.mark.parametrize("load_order", ["v_early", "prefetch"])
-def test_decode_attention_load_orders(target, paged_batch, monkeypatch, load_order):
-    """The benchmark's variants of the split loop (V loaded next to K; next tile prefetched)."""
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_decode_attention_with_and_without_prefetch(target, paged_batch, monkeypatch, prefetch):
+    """Both load orders of the split loop (the next tile prefetched, or not: the sweep's)."""
     from core.ops import triton_decode_attention as mod
 
-    monkeypatch.setattr(mod, load_order.upper(), True)
+    monkeypatch.setattr(mod, "PREFETCH", prefetch)
     device, dtype = target
     b = paged_batch([(1, 1), (70, 1), (129, 1), (33, 1)], 4, 2, 16, 16, device, dtype)
     meta, scale = b["meta"], 0.25
