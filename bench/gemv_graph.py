@@ -38,6 +38,11 @@ GEMV = [(4, 4, 1, 1), (8, 4, 1, 1), (8, 8, 1, 1), (16, 4, 1, 1), (16, 4, 2, 1), 
 DOT = [(64, 2, 3, 2, 4), (64, 1, 3, 2, 4), (32, 2, 3, 2, 4), (128, 4, 3, 2, 4), (64, 2, 3, 2, 8),
        (64, 2, 2, 2, 4), (64, 4, 3, 2, 4), (32, 1, 3, 2, 8), (128, 2, 3, 2, 4), (64, 2, 4, 1, 4),
        (32, 4, 4, 2, 4), (64, 4, 4, 1, 1)]  # fmt: skip
+# more programs for the tensor-core paths: ncu on an H200 found them latency-bound with 1.2 to
+# 2.7 warps per scheduler (bench/results/ncu-decode-gemm-h200.md); splits that divide the 40
+# (K=5120) or 108 (K=13824) chunks, each with (block_n, num_warps, num_stages, unroll)
+MORE_SPLITS = {5120: (10, 20), 13824: (6, 9, 12, 18)}
+MORE_TILES = [(64, 2, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1), (64, 4, 3, 1)]
 
 
 def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
@@ -50,6 +55,11 @@ def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
                 cfg = C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
                 if cfg not in cfgs:
                     cfgs.append(cfg)
+            for sk in MORE_SPLITS.get(k, ()) if p == "dot_t" else ():  # dot within 5% of dot_t
+                for bn, w, st, u in MORE_TILES:
+                    cfg = C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
+                    if cfg not in cfgs:
+                        cfgs.append(cfg)
         return cfgs
     block_m = min(8, triton.next_power_of_2(m))
     cfgs = [default, C("gemv", 1, default.block_n, num_warps=default.num_warps,

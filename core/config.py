@@ -84,6 +84,9 @@ class EngineConfig:
     # launch decode step N + 1 before step N's tokens reach the host (fed on the device); needs
     # async_output
     async_scheduling: bool = True
+    # Triton kernels launch with programmatic dependent launch on Hopper and newer GPUs: each may
+    # start while the one before it finishes (core/ops/pdl.py); no effect elsewhere
+    pdl: bool = True
     max_graph_batch_size: int = 64
     enable_prefix_caching: bool = True
     tensor_parallel_size: int = 1

@@ -12,6 +12,7 @@ from core.distributed import SINGLE, TPGroup
 from core.layers.attention_metadata import AttentionMetadata
 from core.logits_processors import to_device
 from core.model_builder import load_model
+from core.ops.pdl import set_pdl
 from core.plugins import Registries
 from core.prefill_graphs import PrefillGraphs
 from core.scheduler import ScheduledBatch
@@ -49,6 +50,7 @@ class ModelRunner:
         self.tp = tp
         self.device = resolve_device(cfg.engine.device)
         self.dtype = resolve_dtype(cfg.engine.dtype, self.device)
+        set_pdl(cfg.engine.pdl)  # before the warm-up compiles and the graphs capture the kernels
         torch.manual_seed(cfg.engine.seed)
         loaded = load_model(cfg, regs, self.device, self.dtype, tp)
         self.model = loaded.model

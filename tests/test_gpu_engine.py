@@ -13,6 +13,7 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 from core.config import EngineConfig, KernelsConfig, NybbleConfig, QuantConfig
 from core.engine import Engine
+from core.ops.pdl import use_pdl
 from core.sampling_params import SamplingParams
 from tests.conftest import tiny_model_config
 
@@ -25,14 +26,16 @@ PROMPTS = [
 ]
 
 
-def engine(backend: str, graphs: bool, dtype: str, quant: str = "none", **model) -> Engine:
+def engine(
+    backend: str, graphs: bool, dtype: str, quant: str = "none", pdl: bool = True, **model
+) -> Engine:
     mc = tiny_model_config(vocab_size=1024, session_len=512, max_position_embeddings=512, **model)
     cfg = NybbleConfig(
         model=mc,
         quant=QuantConfig(name=quant),
         kernels=KernelsConfig(backend=backend),
         engine=EngineConfig(device="cuda", dtype=dtype, cuda_graphs=graphs, num_kv_blocks=512,
-                            block_size=16, max_batch_size=8, max_num_batched_tokens=64),
+                            block_size=16, max_batch_size=8, max_num_batched_tokens=64, pdl=pdl),
     )  # fmt: skip
     e = Engine(cfg)
     # random weights give near-tied logits, where fp32 vs TF32 rounding picks either; a sharper
@@ -130,3 +133,18 @@ def test_prefill_graphs_give_the_eager_prefill_tokens_and_logprobs_fp32():
     # every prompt's last prefill chunk replayed a prefill graph (130 tokens: 64 + 64 eager,
     # then 2), except the one-token prompt, whose step is a decode step (the decode graphs)
     assert len(replays) == sum(len(p) > 1 for p in PROMPTS) == 5
+
+
+def test_programmatic_dependent_launch_changes_no_token_or_logprob():
+    # AWQ fp16: the GEMV (batch <= 4) and tensor-core (5..8) decode paths, prefill's dequantize
+    mk = dict(hidden_size=256, intermediate_size=512, num_heads=2)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    runs = {}
+    for pdl in (False, True):  # one engine at a time: the setting is the process's
+        e = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy",
+                   pdl=pdl, **mk)  # fmt: skip
+        assert use_pdl(torch.empty(0, device="cuda")) == (pdl and hopper)
+        runs[pdl] = greedy_tokens(e, n=40)
+    for off, on in zip(runs[False], runs[True]):
+        assert on.token_ids == off.token_ids
+        assert [x.logprob for x in on.logprobs] == [x.logprob for x in off.logprobs]

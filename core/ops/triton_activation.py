@@ -6,12 +6,18 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
+
 # elements of the output row per program: 13824 (internlm-chat-20b) -> 7 programs per token
 BLOCK = 2048
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, inter, BLOCK: tl.constexpr):
+def _silu_mul_kernel(
+    x_ptr, out_ptr, stride_x, stride_out, inter, BLOCK: tl.constexpr, USE_PDL: tl.constexpr
+):
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < inter
@@ -31,7 +37,9 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     if t:
         block = min(BLOCK, triton.next_power_of_2(inter))
+        pdl = use_pdl(x)
         _silu_mul_kernel[(t, triton.cdiv(inter, block))](
-            x, out, x.stride(0), out.stride(0), inter, BLOCK=block, num_warps=4
-        )
+            x, out, x.stride(0), out.stride(0), inter,
+            BLOCK=block, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+        )  # fmt: skip
     return out

@@ -32,6 +32,8 @@ import triton
 import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_paged_cache
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
 
 # Context tokens per inner step of a split program, and the programs per SM that the split
 # count aims for at small batch: bench/ops.py --sweep on an H100 (bench/results/ops-*.md);
@@ -137,8 +139,9 @@ def _decode_split_kernel(
     scale_log2, num_kv_groups, num_kv_heads, head_dim, num_splits,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr = False,
+    PREFETCH: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     split = tl.program_id(2)
@@ -212,8 +215,9 @@ def _decode_split_kernel(
 def _decode_reduce_kernel(
     part_acc_ptr, part_ml_ptr, out_ptr,
     stride_ot, stride_oh, head_dim, num_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     _merge_splits(part_acc_ptr, part_ml_ptr, out_ptr, b * tl.num_programs(0) + h,
@@ -256,6 +260,7 @@ def decode_attention(
         part_acc = torch.empty((bsz, h, splits, block_d), dtype=torch.float32, device=q.device)
         part_ml = torch.empty((bsz, h, splits, 2), dtype=torch.float32, device=q.device)
         counters = _counters(q.device, bsz * h) if fused else out  # [>= B * H] int32
+    pdl = use_pdl(q)
     _decode_split_kernel[(h, bsz, splits)](
         q, k_cache, v_cache, block_tables, context_lens,
         out, part_acc, part_ml, counters,
@@ -263,12 +268,13 @@ def decode_attention(
         scale_log2, h // hk, hk, d, splits,
         BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
         BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct,
-        PREFETCH=PREFETCH, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        PREFETCH=PREFETCH, USE_PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        launch_pdl=pdl,
     )  # fmt: skip
     if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](
             part_acc, part_ml, out,
             out.stride(0), out.stride(1), d, splits,
-            BLOCK_S=block_s, BLOCK_D=block_d, num_warps=4,
+            BLOCK_S=block_s, BLOCK_D=block_d, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
         )  # fmt: skip
     return out

@@ -6,14 +6,18 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
+
 
 @triton.jit
 def _store_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
     num_kv_heads, head_dim,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:  # -1: padded row of a CUDA-graph batch, nothing to write
@@ -51,9 +55,10 @@ def store_kv(
         return
     block_d = triton.next_power_of_2(d)
     block_h = min(triton.next_power_of_2(hk), max(1, 4096 // block_d))
+    pdl = use_pdl(k)
     _store_kv_kernel[(t, triton.cdiv(hk, block_h))](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         hk, d,
-        BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4,
+        BLOCK_H=block_h, BLOCK_D=block_d, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip

@@ -10,14 +10,18 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
+
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr,
     stride_x, stride_r, stride_out, stride_sum,
     N, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
@@ -48,11 +52,13 @@ def _launch(x, residual, weight, out, summed, eps) -> None:
     num_warps = min(max(block // 512, 1), 16)
     r = residual if residual is not None else x
     s = summed if summed is not None else out
+    pdl = use_pdl(x)
     _rms_norm_kernel[(x.shape[0],)](
         x, r, weight, out, s,
         x.stride(0), r.stride(0), out.stride(0), s.stride(0),
         n, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=pdl, num_warps=num_warps,
+        launch_pdl=pdl,
     )  # fmt: skip
 
 

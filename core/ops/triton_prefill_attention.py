@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_paged_cache
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
 
 # tile sizes (bench/ops.py, prefill attention at internlm-chat-20b shapes)
 BLOCK_M = 64
@@ -37,7 +39,9 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
     scale_log2, num_kv_groups, num_kv_heads, head_dim,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     tile = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     h = tl.program_id(2)
@@ -113,11 +117,12 @@ def prefill_attention(
         return out
     block_d = max(16, triton.next_power_of_2(d))  # tl.dot needs K >= 16
     grid = (triton.cdiv(max_query_len, block_m), bsz, h)
+    pdl = use_pdl(q)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, context_lens, query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         scale * 1.4426950408889634, h // hk, hk, d,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        USE_PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl,
     )  # fmt: skip
     return out

@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_start
+
 
 @triton.jit
 def _rotate_heads(x_ptr, out_ptr, c, s, t, stride_xt, stride_xh, num_heads, half,
@@ -34,7 +37,9 @@ def _rotary_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
     num_heads, num_kv_heads, half,
     BLOCK_H: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):  # fmt: skip
+    pdl_start(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_HALF)
     c = tl.load(cos_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
@@ -68,11 +73,13 @@ def rotary(
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if t:
+        pdl = use_pdl(q)
         _rotary_kernel[(t, 2)](
             q, k, cos, sin, q_out, k_out,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
             h, k.shape[1], d // 2,
             BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-            BLOCK_HALF=triton.next_power_of_2(d // 2), num_warps=4,
+            BLOCK_HALF=triton.next_power_of_2(d // 2), USE_PDL=pdl, num_warps=4,
+            launch_pdl=pdl,
         )  # fmt: skip
     return q_out, k_out

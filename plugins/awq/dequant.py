@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.reference import KCHUNK, PIECE
 
 
@@ -92,6 +94,7 @@ def _awq_dequant_tile_kernel(
     GROUP: tl.constexpr,
     BLOCK_N: tl.constexpr,
     CHUNKS: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """W[rows, first*128 : +CHUNKS*128] for BLOCK_N rows: one q load, one store per program.
 
@@ -99,6 +102,7 @@ def _awq_dequant_tile_kernel(
     reshape), so each row's CHUNKS * 256 bytes leave in one contiguous store that Triton can
     issue as 16-byte vectors, where v1 writes 32 bytes per row per store from small programs.
     """
+    pdl_release(USE_PDL)
     # K blocks vary fastest: programs running together fill consecutive bytes of a few rows
     # (W is [N, K] row-major) instead of one column block of many rows. On the H100 that took
     # the four internlm-chat-20b shapes from 0.865 to 0.905 of copy bandwidth, same tiles.
@@ -132,6 +136,7 @@ def _awq_dequant_tile_kernel(
     w = (v.to(tl.int16).to(tl.float16, bitcast=True) - zz4) * s4  # k = (first + i)*128 + j*16 + c
     w = tl.reshape(w, (BLOCK_N, CHUNKS * 128))  # natural k order
     offs_k = first * 128 + tl.arange(0, CHUNKS * 128)
+    pdl_wait(USE_PDL)  # W's memory may be a buffer the previous kernel still reads
     tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w, mask=mask_n[:, None])
 
 
@@ -199,8 +204,10 @@ def awq_dequantize(
     while (k // KCHUNK) % chunks:  # a program takes whole chunks: down's 108 do not divide by 8
         chunks //= 2
     grid = (k // (KCHUNK * chunks), triton.cdiv(n, cfg.block_n))  # K blocks fastest (kernel)
+    pdl = use_pdl(qweight)
     _awq_dequant_tile_kernel[grid](
         qweight, scales, qzeros, w, n, k,
-        GROUP=group_size, BLOCK_N=cfg.block_n, CHUNKS=chunks, num_warps=cfg.num_warps,
+        GROUP=group_size, BLOCK_N=cfg.block_n, CHUNKS=chunks, USE_PDL=pdl,
+        num_warps=cfg.num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return w

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.reference import KCHUNK, PIECE
 
 # Largest M the GEMV takes in one program (per-row accumulators are unrolled; 8 rows cost about
@@ -165,6 +167,7 @@ def _awq_gemv_kernel(
     SPLIT_K: tl.constexpr,
     ASM: tl.constexpr,
     PREFETCH: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False,
 ):
     # M blocks fastest: the programs that share a weight tile run together (it stays in L2).
     m0 = tl.program_id(0) * BLOCK_M
@@ -174,7 +177,9 @@ def _awq_gemv_kernel(
     n3 = offs_n[:, None, None]  # [BN, 1, 1]
     u3 = tl.arange(0, UNROLL)[None, :, None]  # [1, U, 1]
     c3 = tl.arange(0, 16)[None, None, :]  # [1, 1, 16]
-    qw_ptrs = qw_ptr + n3 * (K // 8) + u3 * 16 + c3  # [BN, U, 16]
+    # K % 128 == 0: rows start 64-byte aligned, so q loads take 16-byte vectors (Triton only
+    # knows K % 16 == 0, which gives 8-byte ones)
+    qw_ptrs = qw_ptr + n3 * tl.multiple_of(K // 8, 16) + u3 * 16 + c3  # [BN, U, 16]
     x_ptrs = x_ptr + m0 * stride_xm + u3 * 128 + c3  # [1, U, 16] slot 0 of row m0
 
     n_chunks = K // 128
@@ -201,6 +206,8 @@ def _awq_gemv_kernel(
     acc7 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
     if PREFETCH:  # register double-buffering: the next tile's loads fly during this one's math
         q_next = tl.load(qw_ptrs + first * 16, mask=(n3 < N) & (first + u3 < last), other=0)
+    # PDL: the first weight tile (no kernel writes weights) is in flight before x is ready
+    pdl_wait(USE_PDL)
     for chunk0 in range(first, last, UNROLL):
         chunk3 = chunk0 + u3  # [1, U, 1]
         mask3 = (n3 < N) & (chunk3 < last)  # [BN, U, 1]
@@ -241,6 +248,9 @@ def _awq_gemv_kernel(
             acc6 += _dot8(q, s0, s1, s2, s3, z0, z1, z2, z3, xp, chunk3 < lim6, ASM)
             xp += stride_xm
             acc7 += _dot8(q, s0, s1, s2, s3, z0, z1, z2, z3, xp, chunk3 < lim7, ASM)
+    # PDL: the next kernel may launch now, its programs landing as these finish (released at the
+    # start, every GEMV of a chain would sit on the SMs at once, prefetching, and slow this one)
+    pdl_release(USE_PDL)
     _row_out(acc0, y_ptr, m0, M, N, stride_ym, offs_n, SPLIT_K)
     if BLOCK_M > 1:
         _row_out(acc1, y_ptr, m0 + 1, M, N, stride_ym, offs_n, SPLIT_K)
@@ -283,9 +293,10 @@ def awq_gemv(
     asm = use_inline_asm(x.device) if asm is None else asm
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
+    pdl = use_pdl(x)
     _awq_gemv_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, UNROLL=unroll, SPLIT_K=split_k,
-        ASM=asm, PREFETCH=prefetch, num_warps=num_warps,
+        ASM=asm, PREFETCH=prefetch, USE_PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
     )  # fmt: skip
     return y

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from core.ops.pdl import use_pdl
+from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.dequant import (
     DEFAULT_TILE,
     awq_dequantize,
@@ -81,18 +83,20 @@ DEQUANT_CONFIG = Config(
 
 
 def default_config(m: int, n: int, k: int) -> Config:
-    """The configuration the H100 sweeps chose for an [M, K] x [K, N] product.
+    """The configuration the decode and prefill sweeps chose for an [M, K] x [K, N] product.
 
     Decode needs several programs per SM to keep enough loads in flight: M <= GEMV_MAX_M takes
     the GEMV (narrow rows, the next tile prefetched), larger decode batches the tensor-core
     paths with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside CUDA
-    graphs, as the engine runs them: bench/results/gemv-graph-h100.csv); prefill's from
-    ``bench/kernels.py --sweep``.
+    graphs, as the engine runs them: bench/results/gemv-graph-h100*.csv and, where the H200
+    disagreed, gemv-graph-h200*.csv); prefill's from ``bench/kernels.py --sweep``.
     """
     if m <= GEMV_MAX_M:
         return _gemv_config(m, n, k)
     split_k = 4 if k > 8192 else 8  # down's 108 K chunks do not divide by 8
-    if m <= 16:  # 4 shapes at M=16: 155 us (dot, 4 warps, split-K 2: 280 us)
+    if m <= 16:  # 4 shapes at M=16: 155 us on an H100 (dot, 4 warps, split-K 2: 280 us)
+        if k > 8192:  # down: 9 splits of 12 chunks, H200 28.8 us (split-K 4: 39.8 us)
+            return Config("dot_t", 16, 64, num_warps=2, unroll=1, split_k=9)
         return Config("dot_t", 16, 64, num_warps=2, unroll=2, split_k=split_k)
     if m <= 32:  # 4 shapes at M=32: 224 us (dot_t, 4 warps, split-K 2 or none: 329 us)
         if n <= 8192:  # o: 22.4 us, down: 52.8 us
@@ -106,19 +110,20 @@ def default_config(m: int, n: int, k: int) -> Config:
 
 
 def _gemv_config(m: int, n: int, k: int) -> Config:
-    """GEMV launch per decode shape: the best of the H100 graph sweep (gemv-graph-h100.csv)."""
-    wide = Config("gemv", 1, 16, num_warps=4, unroll=8, prefetch=True)
-    narrow = Config("gemv", 1, 8, num_warps=1, unroll=2, prefetch=True)
-    if m <= 2:
-        if k > 8192 or n <= 8192:  # down 13824 -> 5120: 24.5 us; o 5120 -> 5120: 11.2 us
-            return wide
-        if n >= 20000:  # gate_up 5120 -> 27648: 33.9 us
-            return narrow
-        # qkv 5120 -> 15360: 20.6 us (M=2: unroll 2, 28.1 us)
-        return Config("gemv", 1, 8, num_warps=1, unroll=4 if m == 1 else 2, prefetch=True)
-    if n >= 20000:  # M 3..4, gate_up: 63.9 us
-        return narrow
-    return Config("gemv", 1, 8, num_warps=2, unroll=4, prefetch=True)  # qkv 40.1, o 16.9, down 40.1
+    """GEMV launch per decode shape: graph sweeps on the H100 and the H200 (us: H200 / H100).
+
+    The H100's own best for gate_up (unroll 2) and qkv at M=2 (unroll 2, one warp) were 12 to 28%
+    slower on the H200 than the choices below, which are within 6% of the best on the H100.
+    """
+    if m <= 2 and (k > 8192 or n <= 8192):
+        # down 13824 -> 5120: 21.4 / 24.5 us (M=2 27.2 / 28.9); o 5120 -> 5120: 10.0 / 11.2
+        return Config("gemv", 1, 16, num_warps=4, unroll=8, prefetch=True)
+    if m == 1 or (m == 2 and n >= 20000):
+        # M=1 qkv 5120 -> 15360: 18.4 / 20.6 us; gate_up 5120 -> 27648: 30.0 / 34.9 (M=2 40.3 / 45.5)
+        return Config("gemv", 1, 8, num_warps=1, unroll=4, prefetch=True)
+    # M=2 qkv: 27.3 / 28.1 us; M 3..4: qkv 38.0 / 40.1, o 16.7 / 16.9, gate_up 62.9 / 65.4,
+    # down 39.6 / 40.1
+    return Config("gemv", 1, 8, num_warps=2, unroll=4, prefetch=True)
 
 
 @triton.jit
@@ -192,7 +197,9 @@ def _awq_gemm_kernel(
     MODE: tl.constexpr,
     UNROLL: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    pdl_wait(USE_PDL)
     # Grouped program order: GROUP_M row blocks share each weight tile while it sits in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -245,6 +252,7 @@ def _awq_gemm_kernel(
             acc = _chunk(
                 acc, q3, chunk0 + 3, x_ptrs, mask_m, s_ptr, z_ptr, offs_n, mask_n, N, GROUP, MODE
             )
+    pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
     if MODE == 0 or MODE == 4:
         acc = tl.sum(acc, axis=1)[None, :]  # [1, BN]
     elif MODE == 2:
@@ -303,9 +311,11 @@ def awq_gemm(
     unroll = cfg.unroll if (k // KCHUNK // split_k) % cfg.unroll == 0 else 1
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
+    pdl = use_pdl(x)
     _awq_gemm_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-        MODE=mode, UNROLL=unroll, SPLIT_K=split_k, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        MODE=mode, UNROLL=unroll, SPLIT_K=split_k, USE_PDL=pdl, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, launch_pdl=pdl,
     )  # fmt: skip
     return y
