@@ -8,7 +8,15 @@ tile is [BLOCK_N, UNROLL, 16] int32, loaded 16 bytes per thread, fully coalesced
 UNROLL chunks are UNROLL * 64 contiguous bytes). The fp32 accumulator has the tile's shape, so
 the loop has no cross-thread reduction; rows are summed once at the end. With ``PREFETCH`` the
 next tile's loads are issued before this tile's math (register double-buffering): 5-15% faster
-on every internlm-chat-20b shape in CUDA graphs on an H100 (bench/gemv_graph.py).
+on every internlm-chat-20b shape in CUDA graphs on an H100 (bench/gemv_graph.py). Under
+programmatic dependent launch (core/ops/pdl.py) the first tile's loads are issued before the
+wait for the previous kernel, and the next kernel is released after the main loop.
+
+Where it stands (bench/results/ncu-decode-gemm-h200.md): latency-bound, not bandwidth- or
+issue-bound: ~34 SASS instructions per int32, issued on 0.66 of scheduler cycles with ~3 warps
+per scheduler. Tried on the H200 and not kept (bench/results/gemv-*-h200.log): a K layout whose
+nibble pairs are adjacent k (x pairs load as one 32-bit word: 13% fewer instructions, 4% faster),
+two tiles prefetched, Triton's cp.async pipelining (``tl.range(num_stages=3..6)``).
 
 Per int32 (8 weights) and per x row, the inline PTX (``_DOT8_PTX``) does what the AWQ /
 FasterTransformer CUDA kernels do (dequantize_s4_to_fp16x2):
