@@ -6,8 +6,10 @@ for every decode step (schedule; execute: the model's launch; sampler_launch: qu
 sampling ops and their per-row inputs; sample: waiting for the step's tokens and appending
 them; report: detokenize, stop checks, outputs, which with ``engine.async_output`` run while
 the next step computes). On CUDA the captured graph is also replayed alone and timed with
-events: its time is the GPU's share of a step, the rest of the step's wall time is host work
-the GPU waits for. Writes step_breakdown-<gpu>.csv.
+events: its time is the model's share of a step. The rest of the step's wall time (``host_ms``)
+is all that runs outside the graph: the sampling kernels and the input copies on the GPU (~40
+eager ops, not timed apart here) and host work the GPU waits for; the phase columns time the
+host's side. Writes step_breakdown-<gpu>.csv.
 """
 
 from __future__ import annotations
