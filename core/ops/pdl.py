@@ -2,11 +2,13 @@
 
 On Hopper and newer GPUs a kernel launched with PDL may start while the kernel before it on the
 stream is still running (CUDA programming guide, "Programmatic Dependent Launch"). Every Triton
-kernel of nybble takes a ``USE_PDL`` flag (core/ops/triton_pdl.py): with it, each program first
-lets the next kernel launch, then waits for the previous kernel to finish (and its writes to be
-visible) before it reads anything another kernel wrote or writes anything at all. What comes
-before the wait overlaps the previous kernel's tail: the launch itself for every kernel, and for
-the decode GEMV (plugins/awq/gemv.py) the loads of its first weight tile, which no kernel writes.
+kernel of nybble takes a ``USE_PDL`` flag (core/ops/triton_pdl.py): with it, each program waits
+for the previous kernel to finish (and its writes to be visible) before it reads anything another
+kernel wrote or writes anything at all, and releases the next kernel: the small kernels at their
+start, the decode GEMV and tensor-core GEMM after their main loop (released at the start, a chain
+of GEMVs crowded the SMs with waiting programs and ran 5% slower on an H200). What comes before
+the wait overlaps the previous kernel's tail: the launch itself for every kernel, and for the
+GEMV (plugins/awq/gemv.py) the loads of its first weight tile, which no kernel writes.
 Kernels launched without PDL (cuBLAS, torch's own) keep the stream's usual full ordering.
 
 ``engine.pdl`` switches it (ModelRunner calls :func:`set_pdl`); it only takes effect on compiled

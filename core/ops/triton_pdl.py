@@ -1,8 +1,8 @@
 """The device side of programmatic dependent launch (core/ops/pdl.py says when it is on).
 
-A kernel launched with ``launch_pdl=True`` calls :func:`pdl_release` and :func:`pdl_wait` in
-every program before it touches memory another kernel writes; only reads of data no kernel
-writes (weights) may come between its start and the wait.
+A kernel launched with ``launch_pdl=True`` calls :func:`pdl_wait` in every program before it
+touches memory another kernel writes (only reads of data no kernel writes, weights, may come
+before it), and :func:`pdl_release` where the next kernel may start launching.
 """
 
 from __future__ import annotations
