@@ -17,13 +17,13 @@ import math
 from pathlib import Path
 
 import torch
-import triton
 
 from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_slug, versions
 from bench.kernels import GROUP, SHAPES, awq_bytes, make_awq_layer
 from bench.sweep import write_csv
 from plugins.awq import kernels as awq_kernels
+from plugins.awq.gemv import gemv_block_m
 from plugins.awq.reference import dequantize_kernel
 
 COPIES = 8
@@ -61,7 +61,7 @@ def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
                     if cfg not in cfgs:
                         cfgs.append(cfg)
         return cfgs
-    block_m = min(8, triton.next_power_of_2(m))
+    block_m = gemv_block_m(m)
     cfgs = [default, C("gemv", 1, default.block_n, num_warps=default.num_warps,
                        unroll=default.unroll, split_k=default.split_k, prefetch=True)]  # fmt: skip
     for bn, u, w, sk in GEMV:

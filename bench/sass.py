@@ -116,14 +116,11 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
     cfg = awq_kernels.default_config(m, n, k)
     if cfg.path == "gemv":
         fn = gemv_module._awq_gemv_kernel
-        block_m = min(gemv_module.GEMV_MAX_BLOCK_M, triton.next_power_of_2(m))
-        consts = dict(GROUP=GROUP, BLOCK_M=block_m, BLOCK_N=cfg.block_n, UNROLL=cfg.unroll,
+        consts = dict(GROUP=GROUP, BLOCK_M=gemv_module.gemv_block_m(m), BLOCK_N=cfg.block_n, UNROLL=cfg.unroll,
                       SPLIT_K=cfg.split_k, ASM=True, PREFETCH=cfg.prefetch, USE_PDL=True)  # fmt: skip
     elif cfg.path in awq_kernels.MODES:
         fn = awq_kernels._awq_gemm_kernel
-        chunks = k // 128
-        split_k = cfg.split_k if chunks % cfg.split_k == 0 else 1
-        unroll = cfg.unroll if (chunks // split_k) % cfg.unroll == 0 else 1
+        split_k, unroll = awq_kernels.gemm_split(cfg, k)
         consts = dict(GROUP=GROUP, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
                       MODE=awq_kernels.MODES[cfg.path], UNROLL=unroll, SPLIT_K=split_k,
                       USE_PDL=True)  # fmt: skip

@@ -41,3 +41,10 @@ def use_pdl(t: torch.Tensor) -> bool:
     if not _enabled or t.device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1":
         return False
     return _device_supports(t.device.index if t.device.index is not None else 0)
+
+
+def pdl_launch(t: torch.Tensor) -> dict[str, bool]:
+    """Launch keywords of a nybble Triton kernel over ``t``: its ``USE_PDL`` flag and Triton's
+    ``launch_pdl``, which must agree (a PDL launch whose programs never wait would race)."""
+    on = use_pdl(t)
+    return {"USE_PDL": on, "launch_pdl": on}

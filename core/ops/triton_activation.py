@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 # elements of the output row per program: 13824 (internlm-chat-20b) -> 7 programs per token
@@ -37,9 +37,8 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty((t, inter), dtype=x.dtype, device=x.device)
     if t:
         block = min(BLOCK, triton.next_power_of_2(inter))
-        pdl = use_pdl(x)
         _silu_mul_kernel[(t, triton.cdiv(inter, block))](
             x, out, x.stride(0), out.stride(0), inter,
-            BLOCK=block, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+            BLOCK=block, **pdl_launch(x), num_warps=4,
         )  # fmt: skip
     return out

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_paged_cache
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 # Context tokens per inner step of a split program, and the programs per SM that the split
@@ -260,7 +260,6 @@ def decode_attention(
         part_acc = torch.empty((bsz, h, splits, block_d), dtype=torch.float32, device=q.device)
         part_ml = torch.empty((bsz, h, splits, 2), dtype=torch.float32, device=q.device)
         counters = _counters(q.device, bsz * h) if fused else out  # [>= B * H] int32
-    pdl = use_pdl(q)
     _decode_split_kernel[(h, bsz, splits)](
         q, k_cache, v_cache, block_tables, context_lens,
         out, part_acc, part_ml, counters,
@@ -268,13 +267,12 @@ def decode_attention(
         scale_log2, h // hk, hk, d, splits,
         BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
         BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct,
-        PREFETCH=PREFETCH, USE_PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        launch_pdl=pdl,
+        PREFETCH=PREFETCH, **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](
             part_acc, part_ml, out,
             out.stride(0), out.stride(1), d, splits,
-            BLOCK_S=block_s, BLOCK_D=block_d, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+            BLOCK_S=block_s, BLOCK_D=block_d, **pdl_launch(q), num_warps=4,
         )  # fmt: skip
     return out

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 
@@ -55,10 +55,9 @@ def store_kv(
         return
     block_d = triton.next_power_of_2(d)
     block_h = min(triton.next_power_of_2(hk), max(1, 4096 // block_d))
-    pdl = use_pdl(k)
     _store_kv_kernel[(t, triton.cdiv(hk, block_h))](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         hk, d,
-        BLOCK_H=block_h, BLOCK_D=block_d, USE_PDL=pdl, num_warps=4, launch_pdl=pdl,
+        BLOCK_H=block_h, BLOCK_D=block_d, **pdl_launch(k), num_warps=4,
     )  # fmt: skip

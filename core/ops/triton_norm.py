@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 
@@ -52,13 +52,11 @@ def _launch(x, residual, weight, out, summed, eps) -> None:
     num_warps = min(max(block // 512, 1), 16)
     r = residual if residual is not None else x
     s = summed if summed is not None else out
-    pdl = use_pdl(x)
     _rms_norm_kernel[(x.shape[0],)](
         x, r, weight, out, s,
         x.stride(0), r.stride(0), out.stride(0), s.stride(0),
         n, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, USE_PDL=pdl, num_warps=num_warps,
-        launch_pdl=pdl,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
 
 

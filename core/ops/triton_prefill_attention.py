@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_paged_cache
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 # tile sizes (bench/ops.py, prefill attention at internlm-chat-20b shapes)
@@ -117,12 +117,11 @@ def prefill_attention(
         return out
     block_d = max(16, triton.next_power_of_2(d))  # tl.dot needs K >= 16
     grid = (triton.cdiv(max_query_len, block_m), bsz, h)
-    pdl = use_pdl(q)
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, context_lens, query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         scale * 1.4426950408889634, h // hk, hk, d,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-        USE_PDL=pdl, num_warps=NUM_WARPS, num_stages=NUM_STAGES, launch_pdl=pdl,
+        **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return out

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 
@@ -73,13 +73,11 @@ def rotary(
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if t:
-        pdl = use_pdl(q)
         _rotary_kernel[(t, 2)](
             q, k, cos, sin, q_out, k_out,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
             h, k.shape[1], d // 2,
             BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-            BLOCK_HALF=triton.next_power_of_2(d // 2), USE_PDL=pdl, num_warps=4,
-            launch_pdl=pdl,
+            BLOCK_HALF=triton.next_power_of_2(d // 2), **pdl_launch(q), num_warps=4,
         )  # fmt: skip
     return q_out, k_out

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.reference import KCHUNK, PIECE
 
@@ -204,10 +204,9 @@ def awq_dequantize(
     while (k // KCHUNK) % chunks:  # a program takes whole chunks: down's 108 do not divide by 8
         chunks //= 2
     grid = (k // (KCHUNK * chunks), triton.cdiv(n, cfg.block_n))  # K blocks fastest (kernel)
-    pdl = use_pdl(qweight)
     _awq_dequant_tile_kernel[grid](
         qweight, scales, qzeros, w, n, k,
-        GROUP=group_size, BLOCK_N=cfg.block_n, CHUNKS=chunks, USE_PDL=pdl,
-        num_warps=cfg.num_warps, launch_pdl=pdl,
+        GROUP=group_size, BLOCK_N=cfg.block_n, CHUNKS=chunks, **pdl_launch(qweight),
+        num_warps=cfg.num_warps,
     )  # fmt: skip
     return w

@@ -41,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.reference import KCHUNK, PIECE
 
@@ -272,6 +272,11 @@ def _awq_gemv_kernel(
         _row_out(acc7, y_ptr, m0 + 7, M, N, stride_ym, offs_n, SPLIT_K)
 
 
+def gemv_block_m(m: int) -> int:
+    """x rows one GEMV program takes (its weight tile is read once for all of them)."""
+    return min(GEMV_MAX_BLOCK_M, triton.next_power_of_2(m))
+
+
 def awq_gemv(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -296,15 +301,14 @@ def awq_gemv(
     assert x.stride(1) == 1 and qweight.is_contiguous(), "x rows and qweight must be contiguous"
     assert group_size in (32, 64, 128) and k % KCHUNK == 0, f"K={k}, G={group_size}"
     assert unroll & (unroll - 1) == 0 and block_n & (block_n - 1) == 0, "powers of two"
-    block_m = min(GEMV_MAX_BLOCK_M, triton.next_power_of_2(m))
+    block_m = gemv_block_m(m)
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
-    pdl = use_pdl(x)
     _awq_gemv_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, UNROLL=unroll, SPLIT_K=split_k,
-        ASM=asm, PREFETCH=prefetch, USE_PDL=pdl, num_warps=num_warps, launch_pdl=pdl,
+        ASM=asm, PREFETCH=prefetch, **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
     return y

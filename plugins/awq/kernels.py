@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from core.ops.pdl import use_pdl
+from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
 from plugins.awq.dequant import (
     DEFAULT_TILE,
@@ -280,6 +280,14 @@ def _check(
     return m, n, k
 
 
+def gemm_split(cfg: Config, k: int) -> tuple[int, int]:
+    """The split-K and unroll a tensor-core launch uses: each falls back to 1 where the K chunks
+    do not divide by it (down's 108 chunks by 8, say)."""
+    split_k = cfg.split_k if (k // KCHUNK) % cfg.split_k == 0 else 1
+    unroll = cfg.unroll if (k // KCHUNK // split_k) % cfg.unroll == 0 else 1
+    return split_k, unroll
+
+
 def awq_gemm(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -307,15 +315,13 @@ def awq_gemm(
     assert mode not in (0, 4) or cfg.block_m == 1, (
         "the fma path computes one row per program (block_m=1)"
     )
-    split_k = cfg.split_k if (k // KCHUNK) % cfg.split_k == 0 else 1
-    unroll = cfg.unroll if (k // KCHUNK // split_k) % cfg.unroll == 0 else 1
+    split_k, unroll = gemm_split(cfg, k)
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
-    pdl = use_pdl(x)
     _awq_gemm_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
         GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-        MODE=mode, UNROLL=unroll, SPLIT_K=split_k, USE_PDL=pdl, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, launch_pdl=pdl,
+        MODE=mode, UNROLL=unroll, SPLIT_K=split_k, **pdl_launch(x), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )  # fmt: skip
     return y
