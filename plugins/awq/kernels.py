@@ -112,8 +112,8 @@ def default_config(m: int, n: int, k: int) -> Config:
 def _gemv_config(m: int, n: int, k: int) -> Config:
     """GEMV launch per decode shape: graph sweeps on the H100 and the H200 (us: H200 / H100).
 
-    The H100's own best for gate_up (unroll 2) and qkv at M=2 (unroll 2, one warp) were 12 to 28%
-    slower on the H200 than the choices below, which are within 6% of the best on the H100.
+    The H100's own best for gate_up (unroll 2) and qkv at M=2 (unroll 2, one warp) were 9 to 20%
+    slower on the H200 than the choices below, which are within 3% of the best on the H100.
     """
     if m <= 2 and (k > 8192 or n <= 8192):
         # down 13824 -> 5120: 21.4 / 24.5 us (M=2 27.2 / 28.9); o 5120 -> 5120: 10.0 / 11.2
