@@ -43,10 +43,25 @@ DOT = [(64, 2, 3, 2, 4), (64, 1, 3, 2, 4), (32, 2, 3, 2, 4), (128, 4, 3, 2, 4), 
 # (K=5120) or 108 (K=13824) chunks, each with (block_n, num_warps, num_stages, unroll)
 MORE_SPLITS = {5120: (10, 20), 13824: (6, 9, 12, 18)}
 MORE_TILES = [(64, 2, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1), (64, 4, 3, 1)]
+# tensor-core GEMV (plugins/awq/mma_gemv.py): (16-row tiles per program, warps), split-K per K
+# (40 chunks at K=5120, 108 at K=13824); each prefetched or with 1 or 2 chunks' loads issued
+# per iteration
+MMA_TILES = ((1, 1), (2, 2), (4, 4), (2, 1), (4, 2), (8, 4), (4, 1), (8, 2))
+MMA_SPLITS = {5120: (1, 2, 4, 8), 13824: (2, 3, 6, 9)}
+MMA_LOADS = ((True, 1), (False, 1), (False, 2))  # (prefetch, unroll)
 
 
-def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
+def mma_candidates(m: int, k: int) -> list[awq_kernels.Config]:
+    if m > awq_kernels.MMA_MAX_M:
+        return []
+    return [C("mma", block_n=16 * t, num_warps=w, split_k=sk, prefetch=pf, unroll=u)
+            for t, w in MMA_TILES for sk in MMA_SPLITS.get(k, (1, 2, 4)) for pf, u in MMA_LOADS]  # fmt: skip
+
+
+def candidates(m: int, n: int, k: int, paths: str = "all") -> list[awq_kernels.Config]:
     default = awq_kernels.default_config(m, n, k)
+    if paths == "mma":  # the tensor-core GEMV against today's choice
+        return [default] + [c for c in mma_candidates(m, k) if c != default]
     if m > awq_kernels.GEMV_MAX_M:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         cfgs = [default]
@@ -60,7 +75,7 @@ def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
                     cfg = C(p, bm, bn, num_warps=w, num_stages=st, unroll=u, split_k=sk)
                     if cfg not in cfgs:
                         cfgs.append(cfg)
-        return cfgs
+        return cfgs + [c for c in mma_candidates(m, k) if c not in cfgs]
     block_m = gemv_block_m(m)
     cfgs = [default, C("gemv", 1, default.block_n, num_warps=default.num_warps,
                        unroll=default.unroll, split_k=default.split_k, prefetch=True)]  # fmt: skip
@@ -71,7 +86,7 @@ def candidates(m: int, n: int, k: int) -> list[awq_kernels.Config]:
             cfg = C("gemv", 1, bn, num_warps=w, unroll=u, split_k=sk, prefetch=pf)
             if cfg not in cfgs:
                 cfgs.append(cfg)
-    return cfgs
+    return cfgs + [c for c in mma_candidates(m, k) if c not in cfgs]
 
 
 def graph_time_us(fn) -> float:
@@ -94,6 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--ms", type=str, default="1,2,4,16")
+    parser.add_argument("--paths", choices=("all", "mma"), default="all",
+                        help="mma: only the tensor-core GEMV against the default config")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -109,7 +126,7 @@ def main() -> None:
         for m in [int(v) for v in args.ms.split(",")]:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.float().t()
-            for cfg in candidates(m, n, k):
+            for cfg in candidates(m, n, k, args.paths):
 
                 def run(cfg=cfg, x=x, layers=layers):
                     for lay in layers:

@@ -29,6 +29,7 @@ from triton.compiler import ASTSource
 from bench.kernels import GROUP, SHAPES
 from plugins.awq import gemv as gemv_module
 from plugins.awq import kernels as awq_kernels
+from plugins.awq import mma_gemv as mma_module
 
 HOPPER = GPUTarget("cuda", 90, 32)
 # runtime argument names -> Triton types; every one is specialized as divisible by 16 (pointers
@@ -118,6 +119,12 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
         fn = gemv_module._awq_gemv_kernel
         consts = dict(GROUP=GROUP, BLOCK_M=gemv_module.gemv_block_m(m), BLOCK_N=cfg.block_n, UNROLL=cfg.unroll,
                       SPLIT_K=cfg.split_k, ASM=True, PREFETCH=cfg.prefetch, USE_PDL=True)  # fmt: skip
+    elif cfg.path == "mma":
+        fn = mma_module._awq_mma_gemv_kernel
+        tiles = cfg.block_n // 16
+        consts = dict(TILES=tiles, TPW=tiles // cfg.num_warps, XB=8 if m <= 8 else 16,
+                      ATOMIC=cfg.split_k > 1, ASM=True, UNROLL=cfg.unroll, PREFETCH=cfg.prefetch,
+                      USE_PDL=True)  # fmt: skip
     elif cfg.path in awq_kernels.MODES:
         fn = awq_kernels._awq_gemm_kernel
         split_k, unroll = awq_kernels.gemm_split(cfg, k)
@@ -127,7 +134,7 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
     else:
         raise ValueError(f"M={m}: path {cfg.path!r} is not a decode kernel")
     sass = compile_sass(fn, consts, cfg.num_warps, cfg.num_stages)
-    per_thread = cfg.block_n * consts["UNROLL"] * 16 / (32 * cfg.num_warps)
+    per_thread = cfg.block_n * consts["UNROLL"] * 16 / (32 * cfg.num_warps)  # int32 per lane
     return cfg, main_loop(sass, per_thread)
 
 

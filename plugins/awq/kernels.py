@@ -5,6 +5,9 @@ Weights are in the kernel layout of plugins/awq/layout.py; reference.py is the o
 - ``gemv`` (decode, M <= GEMV_MAX_M): plugins/awq/gemv.py, inline-PTX dequantization and half2
   FMAs on the CUDA cores (a plain-Triton twin under the interpreter).
 
+- ``mma`` (decode, M <= 16, group size 128): plugins/awq/mma_gemv.py, ``mma.sync`` from inline
+  PTX on registers loaded in the tensor-core operand layout (a plain-Triton twin under the
+  interpreter).
 - ``fma`` (M = 1): each program owns BLOCK_N output rows and walks its share of K on the CUDA
   cores; the [N, K/8] layout keeps narrow row blocks coalesced, so N / BLOCK_N programs (times
   split-K for the short-N shapes, partial sums added with fp16 atomics) fill the SMs.
@@ -21,6 +24,7 @@ All kernels run under ``TRITON_INTERPRET=1`` on CPU tensors (tests use that).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +42,7 @@ from plugins.awq.dequant import (
     group_params,
 )
 from plugins.awq.gemv import awq_gemv
+from plugins.awq.mma_gemv import MMA_GROUP, MMA_MAX_M, MmaLayoutError, awq_mma_gemv
 from plugins.awq.reference import KCHUNK
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
@@ -58,9 +63,10 @@ MODES = {"fma": 0, "dot": 1, "dot_t": 2, "tile_dot": 3, "tile_fma": 4}
 
 @dataclass(frozen=True)
 class Config:
-    """One launch configuration; ``path`` is "gemv", "fma", "dot", "dot_t" or "dequant".
+    """One launch configuration; ``path`` is "gemv", "mma", "fma", "dot", "dot_t" or "dequant".
 
     ``gemv`` reads block_n, num_warps, unroll and split_k (its M block is fixed by M);
+    ``mma`` block_n (16-row tiles, block_n / 16 / num_warps per warp), split_k, unroll, prefetch;
     ``dequant`` block_n, num_warps and unroll (128-wide K chunks per program).
     """
 
@@ -82,7 +88,7 @@ DEQUANT_CONFIG = Config(
 )  # fmt: skip
 
 
-def default_config(m: int, n: int, k: int) -> Config:
+def default_config(m: int, n: int, k: int, group_size: int = MMA_GROUP) -> Config:
     """The configuration the decode and prefill sweeps chose for an [M, K] x [K, N] product.
 
     Decode needs several programs per SM to keep enough loads in flight: M <= GEMV_MAX_M takes
@@ -91,6 +97,10 @@ def default_config(m: int, n: int, k: int) -> Config:
     graphs, as the engine runs them: bench/results/gemv-graph-h100*.csv and, where the H200
     disagreed, gemv-graph-h200*.csv); prefill's from ``bench/kernels.py --sweep``.
     """
+    if m <= MMA_MAX_M and group_size == MMA_GROUP and _mma_enabled:
+        cfg = _mma_config(m, n, k)
+        if cfg is not None:
+            return cfg
     if m <= GEMV_MAX_M:
         return _gemv_config(m, n, k)
     split_k = 4 if k > 8192 else 8  # down's 108 K chunks do not divide by 8
@@ -107,6 +117,45 @@ def default_config(m: int, n: int, k: int) -> Config:
             return Config("dot_t", 64, 32, split_k=2)
         return Config("dot_t", 64, 64, num_stages=4)
     return DEQUANT_CONFIG
+
+
+# False once this Triton failed the tensor-core GEMV's layout check (decode then takes the GEMV
+# and tl.dot paths, as before it existed)
+_mma_enabled = True
+
+
+def _mma_config(m: int, n: int, k: int) -> Config | None:
+    """Tensor-core GEMV launch per decode shape, or None where the CUDA-core GEMV is faster.
+
+    From the graph sweep on an H200 (bench/gemv_graph.py --paths mma, gemv-graph-h200-mma.csv;
+    us at M = 1 / 2 / 8 / 16, against the GEMV and tl.dot before it): qkv 17.3 / 18.3 / 20.4 /
+    24.6 (18.5 / 26.7 / 32.1 / 35.5), o - / 10.6 / 11.4 / 13.0 (9.6 / 12.3 / 14.6 / 16.1),
+    gate_up 27.4 / 28.5 / 32.3 / 40.5 (29.9 / 40.5 / 51.2 / 57.3), down 17.2 / 17.9 / 20.8 / 23.6
+    (21.5 / 27.3 / 26.8 / 28.5). Two 16-row tiles per warp (they share each x fragment) won
+    almost everywhere; block_n = 16 x tiles per program.
+    """
+    if k > 8192:  # down 13824 -> 5120: 9 splits of 12 chunks
+        if m <= 8:
+            return Config("mma", block_n=64, num_warps=2, unroll=2, split_k=9)
+        return Config("mma", block_n=64, num_warps=2, split_k=9, prefetch=True)
+    if n <= 8192:  # o 5120 -> 5120: the GEMV's 9.6 us at M=1 beats 10.3
+        if m == 1:
+            return None
+        if m <= 8:
+            return Config("mma", block_n=128, num_warps=4, split_k=8)
+        return Config("mma", block_n=64, num_warps=2, split_k=8, prefetch=True)
+    split_k = 4 if n < 20000 else 2  # qkv 5120 -> 15360, gate_up 5120 -> 27648
+    if m <= 2 or (m <= 8 and n >= 20000):
+        return Config("mma", block_n=64, num_warps=2, unroll=2, split_k=split_k)
+    if m <= 8:
+        return Config("mma", block_n=64, num_warps=2, split_k=split_k)
+    return Config("mma", block_n=128, num_warps=2, unroll=2, split_k=split_k)
+
+
+def _disable_mma(err: MmaLayoutError) -> None:
+    global _mma_enabled
+    _mma_enabled = False
+    warnings.warn(f"{err}; decode falls back to the CUDA-core GEMV and tl.dot", stacklevel=3)
 
 
 def _gemv_config(m: int, n: int, k: int) -> Config:
@@ -300,7 +349,21 @@ def awq_gemm(
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16
     m, n, k = _check(x, qweight, scales, qzeros, group_size)
-    cfg = config or default_config(m, n, k)
+    cfg = config or default_config(m, n, k, group_size)
+    if cfg.path == "mma":
+        if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
+            cfg = Config("mma", block_n=64, num_warps=4)
+        try:
+            return awq_mma_gemv(
+                x, qweight, scales, qzeros, group_size,
+                tiles=cfg.block_n // 16, num_warps=cfg.num_warps, split_k=cfg.split_k, prefetch=cfg.prefetch,
+                unroll=cfg.unroll,
+            )  # fmt: skip
+        except MmaLayoutError as err:
+            if config is not None:
+                raise
+            _disable_mma(err)
+            cfg = default_config(m, n, k, group_size)
     if cfg.path == "gemv":
         if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
             cfg = Config("gemv", 1, 64, unroll=4)

@@ -33,7 +33,7 @@ def run_sass(*args: str) -> str:
 
 
 def test_the_batch_1_gemv_loads_its_weights_16_bytes_at_a_time():
-    line = next(ln for ln in run_sass("--ms", "1", "--shapes", "qkv").splitlines() if "qkv" in ln)
+    line = next(ln for ln in run_sass("--ms", "1", "--shapes", "o").splitlines() if " o " in ln)
     assert " gemv " in line
     # K % 128 == 0 lets the GEMV issue 16-byte weight loads (plugins/awq/gemv.py)
     assert "weight load LDG.E.128" in line, line
@@ -41,7 +41,11 @@ def test_the_batch_1_gemv_loads_its_weights_16_bytes_at_a_time():
     assert 10 < per_int32 < 100, line  # a real loop was found and measured
 
 
-def test_batch_16_takes_the_tensor_cores_and_batch_1_does_not():
-    out = run_sass("--ms", "1,16", "--shapes", "down")
-    mma = {int(m): int(n) for m, n in re.findall(r"M=(\d+) .* mma (\d+)", out)}
-    assert mma[16] > 0 and mma[1] == 0, out
+def test_decode_takes_the_tensor_cores_except_the_batch_1_gemv():
+    out = run_sass("--ms", "1,16", "--shapes", "o,down")
+    found = re.findall(r"M=(\d+)\s+(\w+)\s+(\w+) .*weight load (\S+), mma (\d+)", out)
+    mma = {(int(m), shape): (path, load, int(n)) for m, shape, path, load, n in found}
+    assert mma[1, "o"][0] == "gemv" and mma[1, "o"][2] == 0, out  # CUDA cores
+    for key in ((1, "down"), (16, "o"), (16, "down")):  # the tensor-core GEMV
+        path, load, n = mma[key]
+        assert path == "mma" and n > 0 and load == "LDG.E.128", (key, out)

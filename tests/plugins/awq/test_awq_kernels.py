@@ -194,3 +194,67 @@ def test_kernel_on_gpu(m, group_size, awq_weight):
         torch.cuda.synchronize()
         assert not y.isnan().any(), name
         assert _rel_err(y, ref) < 2e-3, name
+
+
+MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 leave partial tiles
+    (1, 1, 1, True, 1), (2, 2, 5, False, 2), (4, 4, 3, False, 4), (2, 1, 2, True, 1),
+    (4, 1, 1, False, 2), (8, 2, 2, False, 1),
+]  # fmt: skip
+
+
+@interpreted
+@pytest.mark.parametrize("m", [1, 5, 8, 9, 16])
+def test_mma_gemv_twin_matches_reference(m, awq_weight):
+    from plugins.awq.mma_gemv import awq_mma_gemv
+
+    # the interpreter runs the plain-Triton twin: same grid, split-K, clamped loads and the
+    # epilogue that maps the mma's accumulator fragment to y[batch row, weight row]
+    n, k = 200, 640  # 5 chunks: uneven splits, a split with one chunk
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=300 + m)
+    x = torch.randn(m, k).half()
+    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 128)
+    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
+        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, tiles=tiles, num_warps=warps,
+                         split_k=split_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
+        assert y.shape == (m, n)
+        assert _rel_err(y, ref) < 2e-3, (tiles, split_k, _rel_err(y, ref))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
+    from plugins.awq.mma_gemv import awq_mma_gemv
+
+    n, k = 1000, 1536  # 12 chunks; N not a multiple of 16
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=400 + m, device="cuda")
+    x = torch.randn(m, k, device="cuda").half()
+    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 128)
+    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
+        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, tiles=tiles, num_warps=warps,
+                         split_k=split_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
+        torch.cuda.synchronize()
+        assert not y.isnan().any(), (tiles, split_k)
+        # fp32 sums on the tensor cores: as close as the fp16 output allows
+        assert _rel_err(y, ref) < 1e-3, (tiles, split_k, _rel_err(y, ref))
+
+
+def test_mma_layout_check_refuses_other_layouts():
+    from plugins.awq.mma_gemv import mma_layout_ok
+
+    def ttgir(layout: str) -> str:
+        return (
+            f"#blocked = #ttg.blocked<{{sizePerThread = [8, 1, 1, 1], threadsPerWarp = [1, 1, 2, 16], warpsPerCTA = [1, 1, 1, 1], order = [0, 1, 2, 3]}}>\n"  # fmt: skip
+            f"#blocked1 = #ttg.blocked<{{{layout}}}>\n"
+            '      %acc = tt.elementwise_inline_asm "{...}" {constraints = "=r", '
+            "packed_element = 8 : i32, pure = true} %a : tensor<8x2x2x16xf32, #blocked1> "
+            "-> tensor<8x2x2x16xf32, #blocked1> loc(#loc1)\n"
+        )
+
+    good = ("sizePerThread = [1, 1, 1, 4], threadsPerWarp = [8, 1, 1, 4], "
+            "warpsPerCTA = [1, 2, 1, 1], order = [3, 0, 1, 2]")  # fmt: skip
+    assert mma_layout_ok(ttgir(good), num_warps=2)
+    assert not mma_layout_ok(ttgir(good), num_warps=4)
+    swapped = good.replace("[8, 1, 1, 4]", "[2, 1, 4, 4]")  # lanes over rows and halves
+    assert not mma_layout_ok(ttgir(swapped), num_warps=2)
+    assert not mma_layout_ok("no inline asm here", num_warps=1)

@@ -1,0 +1,347 @@
+"""Triton W4A16 decode on the tensor cores: ``mma.sync`` issued from inline PTX on registers that
+Triton loads straight in the operand layout (no shared memory, no layout conversion).
+
+Why: the CUDA-core GEMV (plugins/awq/gemv.py) and ``tl.dot`` (plugins/awq/kernels.py) spend
+~34 SASS instructions per int32 of weights (bench/sass.py), and the decode kernels are bound by
+issuing them (bench/results/ncu-decode-gemm-h200.md). Here the multiply-adds of 16 batch rows
+go to one or two tensor-core instructions per int32, and dequantization is the rest.
+
+The weight layout (plugins/awq/layout.py) is already what an m16n8k16 operand wants. In a
+128-wide K chunk int32 column c holds in nibble slot j the value at k = 16 j + c, so two adjacent
+columns c, c + 1 give, for each slot j, the two K-adjacent fp16 values of one A-fragment
+register: ``prmt`` puts byte r of both columns into the two halves of one register, and
+``lop3 & 0x000F000F | 0x64006400`` (slot 2r) or ``& 0x00F000F0`` (slot 2r + 1, 16 q) makes them
+fp16 1024 + q; ``sub`` (or ``fma`` by 1/16) leaves q - z exactly. K-tile p of the mma is slot p.
+
+Each program owns ``TILES`` tiles of 16 weight rows; one warp per tile. Its tensors have the
+shape [2, TILES, 8, 16] (half h of the tile's rows, tile, row g within the half, column c) and,
+loaded 16 bytes per thread, the blocked layout sizePerThread [1, 1, 1, 4], threadsPerWarp
+[1, 1, 8, 4]: lane 4 g + t holds columns 4t..4t+3 of rows g and g + 8, which is the m16n8k16
+fragment of lane (group g, thread t) once logical k (2t, 2t+1, 2t+8, 2t+9) is mapped to columns
+(4t, 4t+1, 4t+2, 4t+3). x is loaded the same way (8-byte vectors): [2, TILES, 8, 16] holding
+x[8 h + g, 16 p + c], so the B fragment of batch rows 0..7 (and 8..15) is in the same lane's
+registers. ``mma_layout_ok`` checks the compiled layout is that one before the path is used.
+
+The 8 elements of each lane (pack=8) are: rows g, g + 8 at columns 4t + j; they carry the fp32
+accumulators of weight row n = 8 h + g and batch row b = 8 (j // 2) + 2t + j % 2 (the mma's C
+fragment), so the epilogue stores element (h, tile, g, c) to y[b, n]. Scales are applied per
+chunk in fp32 (GROUP 128), so the tensor cores sum exact (q - z) * x.
+
+Under ``TRITON_INTERPRET=1`` (CPU) inline PTX cannot run: ``ASM=False`` computes the same
+accumulators in plain Triton (same grid, split-K, masks and epilogue).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import triton
+import triton.language as tl
+
+from core.ops.pdl import pdl_launch
+from core.ops.triton_pdl import pdl_release, pdl_wait
+from plugins.awq.gemv import use_inline_asm
+from plugins.awq.reference import KCHUNK, PIECE
+
+# Batch rows one m16n8k16 pair covers (two n8 tiles); up to 8 one mma per K tile.
+MMA_MAX_M = 16
+MMA_GROUP = 128  # the per-chunk scale in fp32 needs one quantization group per 128-wide chunk
+
+
+def _mma_ptx(n_tiles: int, tpw: int) -> str:
+    """PTX of one chunk for one lane: per 16-row tile it holds (tpw of them), dequantize 8 int32,
+    run the 8 K tiles of the chunk through mma (n_tiles n8 tiles each), scale into the sums.
+
+    Operands, by the lane's elements e = j + 4 a + 4 tpw h (column 4t + j of row g + 8h of its
+    tile a; pack = 8 tpw): accumulators out, accumulators in, q (int32 each), then as half2 of
+    two elements: scale, 1024 + zero, -(64 + zero), and x of K tiles 0..7 (x is the same for
+    every tile: tile 0's registers are used).
+    """
+    e = 8 * tpw  # elements per lane
+    acc_in, q, sc, zz, nz = e, 2 * e, 3 * e, 3 * e + e // 2, 4 * e
+    x0 = 4 * e + e // 2
+
+    def el(a: int, h: int, j: int) -> int:
+        return j + 4 * a + 4 * tpw * h
+
+    lines = [
+        "{",
+        ".reg .b32 pb0, pb1, pb2, pb3, w0, w1, w2, w3, inv16;",
+        ".reg .b16 l16, h16;",
+        "mov.b32 inv16, 0x2C002C00;",
+    ]  # fmt: skip  (half2 1/16)
+    mma = "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+    for a in range(tpw):
+        d = [f"d{a}_{i}" for i in range(8)]
+        lines.append(f".reg .f32 {', '.join(d)}, sg{a}, sh{a};")
+        lines += [f"mov.f32 {d[i]}, 0f00000000;" for i in range(4 * n_tiles)]
+        # column pairs: row g (4t, 4t+1), (4t+2, 4t+3), then row g + 8 likewise
+        pairs = [(el(a, h, j), el(a, h, j + 1)) for h in (0, 1) for j in (0, 2)]
+        zrow = [zz + el(a, h, 0) // 2 for h in (0, 0, 1, 1)]
+        nzrow = [nz + el(a, h, 0) // 2 for h in (0, 0, 1, 1)]
+        for p in range(8):
+            r = p // 2  # byte r of each column holds slots 2r, 2r + 1
+            sel = f"0x{4 + r}{4 + r}{r}{r}"  # halves: byte r of the first column, then the second
+            for i, (c0, c1) in enumerate(pairs):
+                if p % 2 == 0:
+                    lines.append(f"prmt.b32 pb{i}, ${q + c0}, ${q + c1}, {sel};")
+                    lines.append(f"lop3.b32 w{i}, pb{i}, 0x000F000F, 0x64006400, 0xEA;")
+                    lines.append(f"sub.rn.f16x2 w{i}, w{i}, ${zrow[i]};")
+                else:  # 1024 + 16 q: / 16 and - (64 + z) in one exact fma
+                    lines.append(f"lop3.b32 w{i}, pb{i}, 0x00F000F0, 0x64006400, 0xEA;")
+                    lines.append(f"fma.rn.f16x2 w{i}, w{i}, inv16, ${nzrow[i]};")
+            xb = x0 + p * (e // 2)  # tile 0's x registers: batch row g (2), then g + 8 (2)
+            xg, xh = xb, xb + el(0, 1, 0) // 2
+            # A rows g, g + 8 at logical k (2t, 2t+1) = columns (4t, 4t+1), k + 8 = (4t+2, 4t+3)
+            lines.append(f"{mma} {{{', '.join(d[:4])}}}, {{w0, w2, w1, w3}}, {{${xg}, ${xg + 1}}}, {{{', '.join(d[:4])}}};")  # fmt: skip
+            if n_tiles == 2:
+                lines.append(f"{mma} {{{', '.join(d[4:])}}}, {{w0, w2, w1, w3}}, {{${xh}, ${xh + 1}}}, {{{', '.join(d[4:])}}};")  # fmt: skip
+        lines += [
+            f"mov.b32 {{l16, h16}}, ${sc + el(a, 0, 0) // 2};",
+            f"cvt.f32.f16 sg{a}, l16;",
+            f"mov.b32 {{l16, h16}}, ${sc + el(a, 1, 0) // 2};",
+            f"cvt.f32.f16 sh{a}, l16;",
+        ]
+        # row g: batch 2t, 2t+1 (d0, d1), 8+2t, 9+2t (d4, d5); row g + 8: d2, d3, d6, d7
+        for h, order in ((0, (0, 1, 4, 5)), (1, (2, 3, 6, 7))):
+            for j, i in enumerate(order):
+                out = el(a, h, j)
+                if n_tiles == 1 and i >= 4:
+                    lines.append(f"mov.b32 ${out}, ${acc_in + out};")  # batch rows 8..15: none
+                else:
+                    lines.append(f"fma.rn.f32 ${out}, {d[i]}, {'sh' if h else 'sg'}{a}, ${acc_in + out};")  # fmt: skip
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _constraints(tpw: int) -> str:
+    return ",".join(["=r"] * 8 * tpw + ["r"] * 60 * tpw)
+
+
+_PTX_N8_1 = tl.constexpr(_mma_ptx(1, 1))
+_PTX_N16_1 = tl.constexpr(_mma_ptx(2, 1))
+_PTX_N8_2 = tl.constexpr(_mma_ptx(1, 2))
+_PTX_N16_2 = tl.constexpr(_mma_ptx(2, 2))
+_PTX_N8_4 = tl.constexpr(_mma_ptx(1, 4))
+_PTX_N16_4 = tl.constexpr(_mma_ptx(2, 4))
+_CONSTRAINTS_1 = tl.constexpr(_constraints(1))
+_CONSTRAINTS_2 = tl.constexpr(_constraints(2))
+_CONSTRAINTS_4 = tl.constexpr(_constraints(4))
+
+
+@triton.jit
+def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M,
+               TILES: tl.constexpr, TPW: tl.constexpr, XB: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+    """Add one 128-wide K chunk (q: its [8, T, 2, 16] int32 tile) to the accumulators."""
+    live = chunk < last
+    chunk = tl.minimum(chunk, last - 1)
+    s = tl.load(s_ptr + chunk * N + nl)  # [8, T, 2, 1] fp16
+    s = tl.where(live, s, 0.0)
+    zi = tl.load(z_ptr + chunk * (N // 8) + nl // 8)
+    zz = (((zi >> ((nl % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    if ASM:
+        nz = 960.0 - zz  # -(64 + z), exact in fp16
+        xp = x_ptrs + chunk * 128
+        x0 = tl.load(xp)
+        x1 = tl.load(xp + 16)
+        x2 = tl.load(xp + 32)
+        x3 = tl.load(xp + 48)
+        x4 = tl.load(xp + 64)
+        x5 = tl.load(xp + 80)
+        x6 = tl.load(xp + 96)
+        x7 = tl.load(xp + 112)
+        if TPW == 1:
+            cons: tl.constexpr = _CONSTRAINTS_1
+            ptx: tl.constexpr = _PTX_N8_1 if XB == 8 else _PTX_N16_1
+        elif TPW == 2:
+            cons: tl.constexpr = _CONSTRAINTS_2
+            ptx: tl.constexpr = _PTX_N8_2 if XB == 8 else _PTX_N16_2
+        else:
+            cons: tl.constexpr = _CONSTRAINTS_4
+            ptx: tl.constexpr = _PTX_N8_4 if XB == 8 else _PTX_N16_4
+        acc = tl.inline_asm_elementwise(
+            ptx,
+            cons,
+            [acc, q, s, zz, nz, x0, x1, x2, x3, x4, x5, x6, x7],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=8 * TPW,
+        )
+    else:  # the same sums in plain Triton: element (g, t, h, c) is weight row n, batch row b
+        j5 = tl.arange(0, 8)[None, None, None, :, None]  # slot j of column c': k = 16 j + c'
+        zf = zz.to(tl.float32)[:, :, :, :, None] - 1024.0
+        w = ((q[:, :, :, None, :] >> (4 * j5)) & 0xF).to(tl.float32) - zf  # [8, T, 2, 8, 16]
+        w = tl.reshape(w, (8, TILES, 2, 128))[:, :, :, None, :]  # k in natural order
+        b5 = tl.minimum(_batch_row(tl.arange(0, 16)), M - 1)[None, None, None, :, None]
+        kk = tl.arange(0, 128)[None, None, None, None, :]
+        xs = tl.load(x_ptr + b5 * stride_xm + chunk * 128 + kk)  # [1, 1, 1, 16, 128]
+        acc += s.to(tl.float32) * tl.sum(w * xs.to(tl.float32), axis=4)
+    return acc
+
+
+@triton.jit
+def _awq_mma_gemv_kernel(
+    x_ptr,
+    qw_ptr,
+    s_ptr,
+    z_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_ym,
+    TILES: tl.constexpr,
+    TPW: tl.constexpr,
+    XB: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    ASM: tl.constexpr,
+    UNROLL: tl.constexpr = 1,
+    PREFETCH: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    g4 = tl.arange(0, 8)[:, None, None, None]
+    t4 = tl.arange(0, TILES)[None, :, None, None]
+    h4 = tl.arange(0, 2)[None, None, :, None]
+    c4 = tl.arange(0, 16)[None, None, None, :]
+    n4 = pid_n * (TILES * 16) + t4 * 16 + h4 * 8 + g4  # [8, T, 2, 1] weight row
+    # Rows past N and batch rows past M load row N - 1 and M - 1 again (no masked loads, no
+    # zero-filling): their sums land in accumulators the epilogue never stores.
+    nl = tl.minimum(n4, N - 1)
+    bl = tl.minimum(h4 * 8 + g4, M - 1)  # batch row of the x each element holds (B fragment)
+    # K % 128 == 0: rows start 64-byte aligned, q loads are 16-byte vectors (4 columns per lane)
+    qw_ptrs = qw_ptr + nl * tl.multiple_of(K // 8, 16) + c4  # [8, T, 2, 16]
+    # 8-byte x vectors: four columns per lane, the layout of q (contiguity 4, not 16)
+    cx = tl.max_contiguous(tl.arange(0, 16), 4)[None, None, None, :]
+    x_ptrs = tl.broadcast_to(x_ptr + bl * stride_xm + cx, (8, TILES, 2, 16))
+
+    n_chunks = K // 128
+    per_split = tl.cdiv(n_chunks, tl.num_programs(1))  # split-K: grid axis 1
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, n_chunks)
+    acc = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
+    if PREFETCH:
+        q_next = tl.load(qw_ptrs + tl.minimum(first, n_chunks - 1) * 16)
+    pdl_wait(USE_PDL)  # PDL: the first weight tile (no kernel writes weights) is already in flight
+    for chunk in range(first, last, UNROLL):
+        # every tile's loads before the first one's math: UNROLL tiles in flight per warp (a
+        # chunk past this split's end loads the last one again and is weighed with scale 0)
+        if PREFETCH:  # register double-buffering (the last iteration loads its own tile again)
+            q0 = q_next
+            q_next = tl.load(qw_ptrs + tl.minimum(chunk + 1, last - 1) * 16)
+        else:
+            q0 = tl.load(qw_ptrs + chunk * 16)  # [8, T, 2, 16] int32
+        if UNROLL >= 2:
+            q1 = tl.load(qw_ptrs + tl.minimum(chunk + 1, last - 1) * 16)
+        if UNROLL >= 4:
+            q2 = tl.load(qw_ptrs + tl.minimum(chunk + 2, last - 1) * 16)
+            q3 = tl.load(qw_ptrs + tl.minimum(chunk + 3, last - 1) * 16)
+        acc = _mma_chunk(acc, q0, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+        if UNROLL >= 2:
+            acc = _mma_chunk(acc, q1, chunk + 1, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+        if UNROLL >= 4:
+            acc = _mma_chunk(acc, q2, chunk + 2, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+            acc = _mma_chunk(acc, q3, chunk + 3, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+    pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
+    b = _batch_row(c4)  # [1, 1, 1, 16]
+    y_ptrs = y_ptr + b * stride_ym + n4
+    mask = (n4 < N) & (b < M)
+    if not ATOMIC:
+        tl.store(y_ptrs, acc.to(tl.float16), mask=mask)
+    else:  # split-K: y was zeroed; fp16 atomics avoid a second pass over an fp32 workspace
+        tl.atomic_add(y_ptrs, acc.to(tl.float16), mask=mask)
+
+
+@triton.jit
+def _batch_row(c):
+    """Batch row of the accumulator at column c = 4t + j: the mma's C fragment (2t, 2t+1, +8)."""
+    return ((c % 4) // 2) * 8 + (c // 4) * 2 + c % 2
+
+
+def awq_mma_gemv(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    qzeros: torch.Tensor,
+    group_size: int,
+    tiles: int = 1,
+    num_warps: int | None = None,
+    split_k: int = 1,
+    asm: bool | None = None,
+    prefetch: bool = False,
+    unroll: int = 1,
+) -> torch.Tensor:
+    """``x @ W^T`` for M <= 16 with mma.sync (inputs checked by kernels._check).
+
+    # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/128, N] fp16 · qzeros [K/128, N/8]
+    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), one warp per 16-row tile
+    """
+    assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
+    m, k = x.shape
+    n = qweight.shape[0]
+    assert 1 <= m <= MMA_MAX_M, f"M={m}: the tensor-core GEMV takes 1 to {MMA_MAX_M} rows"
+    assert group_size == MMA_GROUP, f"group size {group_size}: the tensor-core GEMV needs 128"
+    assert x.stride(1) == 1 and qweight.is_contiguous(), "x rows and qweight must be contiguous"
+    num_warps = num_warps or tiles
+    tpw = tiles // num_warps  # 16-row tiles per warp (they share each x fragment)
+    assert k % KCHUNK == 0 and tiles in (1, 2, 4, 8) and tpw in (1, 2, 4), (k, tiles, num_warps)
+    assert tpw * num_warps == tiles, f"tiles={tiles} over {num_warps} warps"
+    assert unroll in (1, 2, 4) and not (prefetch and unroll > 1), f"unroll={unroll}, prefetch"
+    split_k = max(1, min(split_k, k // KCHUNK))
+    asm = use_inline_asm(x.device) if asm is None else asm
+    y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
+    grid = (triton.cdiv(n, 16 * tiles), split_k)
+    args = (x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0))
+    kwargs = dict(
+        TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, ATOMIC=split_k > 1, ASM=asm, UNROLL=unroll,
+        PREFETCH=prefetch,
+        **pdl_launch(x), num_warps=num_warps,
+    )  # fmt: skip
+    if asm:
+        _check_layout(args, kwargs, num_warps)
+    _awq_mma_gemv_kernel[grid](*args, **kwargs)
+    return y
+
+
+class MmaLayoutError(RuntimeError):
+    """This Triton lays the kernel's tensors out otherwise than its PTX assumes (checked before
+    the first launch of each variant, so no wrong result is ever computed)."""
+
+
+_checked: dict[tuple, None] = {}
+
+
+def _check_layout(args: tuple, kwargs: dict, num_warps: int) -> None:
+    """Compile once per variant and refuse to run PTX whose lane mapping Triton did not give."""
+    key = (args[0].device.index, tuple(sorted(kwargs.items())))
+    if key in _checked:
+        return
+    kernel = _awq_mma_gemv_kernel.warmup(*args, grid=(1,), **kwargs)
+    if not mma_layout_ok(kernel.asm["ttgir"], num_warps):
+        raise MmaLayoutError(
+            f"Triton {triton.__version__} gave the tensor-core GEMV's operands a register layout "
+            "other than the one its PTX is written for (plugins/awq/mma_gemv.py)"
+        )
+    _checked[key] = None
+
+
+_ENCODING = re.compile(r"^(#[\w]+) = #ttg\.blocked<\{(.*)\}>", re.M)
+_ASM_RESULT = re.compile(
+    r"tt\.elementwise_inline_asm .*packed_element = \d+ .*-> tensor<[^,]+, (#[\w]+)>"
+)
+
+
+def mma_layout_ok(ttgir: str, num_warps: int) -> bool:
+    """Whether the mma inline asm's operands in a compiled kernel have the layout the PTX needs:
+    lane 4 g + t owns columns 4t..4t+3 of rows g, warps split the tiles, and a lane's registers
+    run over columns, then its tiles, then the half h (row g + 8)."""
+    encodings = dict(_ENCODING.findall(ttgir))
+    found = _ASM_RESULT.findall(ttgir)
+    want = (
+        "sizePerThread = [1, 1, 1, 4], threadsPerWarp = [8, 1, 1, 4], "
+        f"warpsPerCTA = [1, {num_warps}, 1, 1], order = [3, 0, 1, 2]"
+    )
+    return bool(found) and all(encodings.get(e, "").startswith(want) for e in found)
