@@ -91,9 +91,10 @@ DEQUANT_CONFIG = Config(
 def default_config(m: int, n: int, k: int, group_size: int = MMA_GROUP) -> Config:
     """The configuration the decode and prefill sweeps chose for an [M, K] x [K, N] product.
 
-    Decode needs several programs per SM to keep enough loads in flight: M <= GEMV_MAX_M takes
-    the GEMV (narrow rows, the next tile prefetched), larger decode batches the tensor-core
-    paths with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside CUDA
+    Decode needs several programs per SM to keep enough loads in flight: M <= 16 at group size
+    128 takes the tensor-core GEMV (plugins/awq/mma_gemv.py) except where _mma_config leaves it
+    to the CUDA-core GEMV; otherwise M <= GEMV_MAX_M takes the GEMV (narrow rows, the next tile
+    prefetched) and larger decode batches tl.dot with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside CUDA
     graphs, as the engine runs them: bench/results/gemv-graph-h100*.csv and, where the H200
     disagreed, gemv-graph-h200*.csv); prefill's from ``bench/kernels.py --sweep``.
     """

@@ -2,9 +2,11 @@
 Triton loads straight in the operand layout (no shared memory, no layout conversion).
 
 Why: the CUDA-core GEMV (plugins/awq/gemv.py) and ``tl.dot`` (plugins/awq/kernels.py) spend
-~34 SASS instructions per int32 of weights (bench/sass.py), and the decode kernels are bound by
-issuing them (bench/results/ncu-decode-gemm-h200.md). Here the multiply-adds of 16 batch rows
-go to one or two tensor-core instructions per int32, and dequantization is the rest.
+~34 SASS instructions per int32 of weights (bench/sass.py), and session 5's ncu found the decode
+kernels bound by issuing them (bench/results/ncu-decode-gemm-h200.md). Here the multiply-adds of
+up to 16 batch rows are one or two tensor-core instructions per int32 and ~15 instructions in
+all; per 60 layers in CUDA graphs on an H200, M=1 4.77 -> 4.29 ms, M=16 8.24 -> 6.10 ms
+(bench/results/gemv-graph-h200-mma.csv).
 
 The weight layout (plugins/awq/layout.py) is already what an m16n8k16 operand wants. In a
 128-wide K chunk int32 column c holds in nibble slot j the value at k = 16 j + c, so two adjacent
@@ -13,22 +15,26 @@ register: ``prmt`` puts byte r of both columns into the two halves of one regist
 ``lop3 & 0x000F000F | 0x64006400`` (slot 2r) or ``& 0x00F000F0`` (slot 2r + 1, 16 q) makes them
 fp16 1024 + q; ``sub`` (or ``fma`` by 1/16) leaves q - z exactly. K-tile p of the mma is slot p.
 
-Each program owns ``TILES`` tiles of 16 weight rows; one warp per tile. Its tensors have the
-shape [2, TILES, 8, 16] (half h of the tile's rows, tile, row g within the half, column c) and,
-loaded 16 bytes per thread, the blocked layout sizePerThread [1, 1, 1, 4], threadsPerWarp
-[1, 1, 8, 4]: lane 4 g + t holds columns 4t..4t+3 of rows g and g + 8, which is the m16n8k16
-fragment of lane (group g, thread t) once logical k (2t, 2t+1, 2t+8, 2t+9) is mapped to columns
-(4t, 4t+1, 4t+2, 4t+3). x is loaded the same way (8-byte vectors): [2, TILES, 8, 16] holding
-x[8 h + g, 16 p + c], so the B fragment of batch rows 0..7 (and 8..15) is in the same lane's
-registers. ``mma_layout_ok`` checks the compiled layout is that one before the path is used.
+Each program owns ``TILES`` tiles of 16 weight rows, ``TPW`` per warp. Its tensors have the
+shape [8, TILES, 2, 16] (row g within a half tile, tile, half h, column c; weight row
+16 tile + 8 h + g) and, loaded 16 bytes per thread, the blocked layout sizePerThread
+[1, 1, 1, 4], threadsPerWarp [8, 1, 1, 4], warpsPerCTA [1, warps, 1, 1], order [3, 0, 1, 2]:
+lane 4 g + t holds columns 4t..4t+3 of rows g and g + 8 of its tiles, the m16n8k16 fragment of
+lane (group g, thread t) once logical k (2t, 2t+1, 2t+8, 2t+9) is mapped to columns (4t, 4t+1,
+4t+2, 4t+3). x is loaded the same way (8-byte vectors, the same x for every tile) holding
+x[8 h + g, 16 p + c], so the B fragments of batch rows 0..7 (and 8..15) sit in the same lane's
+registers and feed the mma of each of its tiles. Triton picks that layout itself (from the
+loads' shapes and contiguity); ``mma_layout_ok`` checks the compiled kernel got it before the
+first launch of each variant (kernels.py falls back to the other decode paths otherwise).
 
-The 8 elements of each lane (pack=8) are: rows g, g + 8 at columns 4t + j; they carry the fp32
-accumulators of weight row n = 8 h + g and batch row b = 8 (j // 2) + 2t + j % 2 (the mma's C
-fragment), so the epilogue stores element (h, tile, g, c) to y[b, n]. Scales are applied per
-chunk in fp32 (GROUP 128), so the tensor cores sum exact (q - z) * x.
+A lane's 8 TPW elements (pack = 8 TPW, ordered column j, tile, half h) carry the fp32
+accumulators of weight row 8 h + g and batch row b = 8 (j // 2) + 2t + j % 2 (the mma's C
+fragment), so the epilogue stores element (g, tile, h, c) to y[b, n]. Scales are applied per
+chunk in fp32 (GROUP 128), so the tensor cores sum exact (q - z) * x. Rows past N and batch rows
+past M load a valid row again instead of masking (no zero-filling); they are never stored.
 
 Under ``TRITON_INTERPRET=1`` (CPU) inline PTX cannot run: ``ASM=False`` computes the same
-accumulators in plain Triton (same grid, split-K, masks and epilogue).
+accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
 """
 
 from __future__ import annotations

@@ -258,3 +258,26 @@ def test_mma_layout_check_refuses_other_layouts():
     swapped = good.replace("[8, 1, 1, 4]", "[2, 1, 4, 4]")  # lanes over rows and halves
     assert not mma_layout_ok(ttgir(swapped), num_warps=2)
     assert not mma_layout_ok("no inline asm here", num_warps=1)
+
+
+@interpreted
+def test_a_triton_without_the_mma_layout_falls_back_with_a_warning(awq_weight, monkeypatch):
+    from plugins.awq import kernels
+    from plugins.awq.mma_gemv import MmaLayoutError
+
+    def refuse(*args, **kwargs):
+        raise MmaLayoutError("Triton 9.9 gave the tensor-core GEMV's operands another layout")
+
+    monkeypatch.setattr(kernels, "awq_mma_gemv", refuse)
+    monkeypatch.setattr(kernels, "_mma_enabled", True)
+    n, k = 64, 256
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=5)
+    x = torch.randn(2, k).half()
+    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 128)
+    assert kernels.default_config(2, n, k).path == "mma"
+    with pytest.warns(UserWarning, match="falls back"):
+        y = kernels.awq_gemm(x, qweight, scales, qzeros, 128)
+    assert _rel_err(y, ref) < 2e-3  # computed by the CUDA-core GEMV instead
+    assert kernels.default_config(2, n, k).path == "gemv"  # and from now on
+    with pytest.raises(MmaLayoutError):  # a forced mma config is not silently replaced
+        kernels.awq_gemm(x, qweight, scales, qzeros, 128, config=kernels.Config("mma", block_n=16))
