@@ -229,22 +229,36 @@ def _awq_mma_gemv_kernel(
     first = pid_k * per_split
     last = tl.minimum(first + per_split, n_chunks)
     acc = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
-    if PREFETCH:
-        q_next = tl.load(qw_ptrs + tl.minimum(first, n_chunks - 1) * 16)
-    pdl_wait(USE_PDL)  # PDL: the first weight tile (no kernel writes weights) is already in flight
+    # chunks past this split's end load a valid tile (any) and are weighed with scale 0
+    if PREFETCH:  # register double-buffering: the next iteration's tiles fly during this one
+        p0 = tl.load(qw_ptrs + tl.minimum(first, n_chunks - 1) * 16)
+        if UNROLL >= 2:
+            p1 = tl.load(qw_ptrs + tl.minimum(first + 1, n_chunks - 1) * 16)
+        if UNROLL >= 4:
+            p2 = tl.load(qw_ptrs + tl.minimum(first + 2, n_chunks - 1) * 16)
+            p3 = tl.load(qw_ptrs + tl.minimum(first + 3, n_chunks - 1) * 16)
+    pdl_wait(USE_PDL)  # PDL: the first weight tiles (no kernel writes weights) are in flight
     for chunk in range(first, last, UNROLL):
-        # every tile's loads before the first one's math: UNROLL tiles in flight per warp (a
-        # chunk past this split's end loads the last one again and is weighed with scale 0)
-        if PREFETCH:  # register double-buffering (the last iteration loads its own tile again)
-            q0 = q_next
-            q_next = tl.load(qw_ptrs + tl.minimum(chunk + 1, last - 1) * 16)
+        # every tile's loads before the first one's math: UNROLL tiles in flight per warp
+        if PREFETCH:
+            nxt = chunk + UNROLL
+            q0 = p0
+            p0 = tl.load(qw_ptrs + tl.minimum(nxt, n_chunks - 1) * 16)
+            if UNROLL >= 2:
+                q1 = p1
+                p1 = tl.load(qw_ptrs + tl.minimum(nxt + 1, n_chunks - 1) * 16)
+            if UNROLL >= 4:
+                q2 = p2
+                p2 = tl.load(qw_ptrs + tl.minimum(nxt + 2, n_chunks - 1) * 16)
+                q3 = p3
+                p3 = tl.load(qw_ptrs + tl.minimum(nxt + 3, n_chunks - 1) * 16)
         else:
             q0 = tl.load(qw_ptrs + chunk * 16)  # [8, T, 2, 16] int32
-        if UNROLL >= 2:
-            q1 = tl.load(qw_ptrs + tl.minimum(chunk + 1, last - 1) * 16)
-        if UNROLL >= 4:
-            q2 = tl.load(qw_ptrs + tl.minimum(chunk + 2, last - 1) * 16)
-            q3 = tl.load(qw_ptrs + tl.minimum(chunk + 3, last - 1) * 16)
+            if UNROLL >= 2:
+                q1 = tl.load(qw_ptrs + tl.minimum(chunk + 1, n_chunks - 1) * 16)
+            if UNROLL >= 4:
+                q2 = tl.load(qw_ptrs + tl.minimum(chunk + 2, n_chunks - 1) * 16)
+                q3 = tl.load(qw_ptrs + tl.minimum(chunk + 3, n_chunks - 1) * 16)
         acc = _mma_chunk(acc, q0, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
         if UNROLL >= 2:
             acc = _mma_chunk(acc, q1, chunk + 1, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
@@ -295,7 +309,7 @@ def awq_mma_gemv(
     tpw = tiles // num_warps  # 16-row tiles per warp (they share each x fragment)
     assert k % KCHUNK == 0 and tiles in (1, 2, 4, 8) and tpw in (1, 2, 4), (k, tiles, num_warps)
     assert tpw * num_warps == tiles, f"tiles={tiles} over {num_warps} warps"
-    assert unroll in (1, 2, 4) and not (prefetch and unroll > 1), f"unroll={unroll}, prefetch"
+    assert unroll in (1, 2, 4), f"unroll={unroll}"
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
     y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)

@@ -198,7 +198,7 @@ def test_kernel_on_gpu(m, group_size, awq_weight):
 
 MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 leave partial tiles
     (1, 1, 1, True, 1), (2, 2, 5, False, 2), (4, 4, 3, False, 4), (2, 1, 2, True, 1),
-    (4, 1, 1, False, 2), (8, 2, 2, False, 1),
+    (4, 1, 1, False, 2), (8, 2, 2, False, 1), (2, 2, 3, True, 2), (2, 1, 2, True, 4),
 ]  # fmt: skip
 
 
