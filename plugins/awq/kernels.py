@@ -42,7 +42,13 @@ from plugins.awq.dequant import (
     group_params,
 )
 from plugins.awq.gemv import awq_gemv
-from plugins.awq.mma_gemv import MMA_GROUP, MMA_MAX_M, MmaLayoutError, awq_mma_gemv
+from plugins.awq.mma_gemv import (
+    MMA_GROUP,
+    MMA_MAX_M,
+    MmaLayoutError,
+    awq_mma_gemv,
+    mma_supported,
+)
 from plugins.awq.reference import KCHUNK
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
@@ -88,17 +94,18 @@ DEQUANT_CONFIG = Config(
 )  # fmt: skip
 
 
-def default_config(m: int, n: int, k: int, group_size: int = MMA_GROUP) -> Config:
+def default_config(m: int, n: int, k: int, group_size: int = MMA_GROUP, mma: bool = True) -> Config:
     """The configuration the decode and prefill sweeps chose for an [M, K] x [K, N] product.
 
     Decode needs several programs per SM to keep enough loads in flight: M <= 16 at group size
-    128 takes the tensor-core GEMV (plugins/awq/mma_gemv.py) except where _mma_config leaves it
-    to the CUDA-core GEMV; otherwise M <= GEMV_MAX_M takes the GEMV (narrow rows, the next tile
-    prefetched) and larger decode batches tl.dot with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside CUDA
-    graphs, as the engine runs them: bench/results/gemv-graph-h100*.csv and, where the H200
-    disagreed, gemv-graph-h200*.csv); prefill's from ``bench/kernels.py --sweep``.
+    128 takes the tensor-core GEMV (plugins/awq/mma_gemv.py; not with ``mma=False``) except where
+    _mma_config leaves it to the CUDA-core GEMV; otherwise M <= GEMV_MAX_M takes the GEMV (narrow
+    rows, the next tile prefetched) and larger decode batches tl.dot with split-K. Decode choices
+    come from ``bench/gemv_graph.py`` (times inside CUDA graphs, as the engine runs them:
+    bench/results/gemv-graph-h100*.csv and, on the H200, gemv-graph-h200*.csv); prefill's from
+    ``bench/kernels.py --sweep``.
     """
-    if m <= MMA_MAX_M and group_size == MMA_GROUP and _mma_enabled:
+    if mma and m <= MMA_MAX_M and group_size == MMA_GROUP and _mma_enabled:
         cfg = _mma_config(m, n, k)
         if cfg is not None:
             return cfg
@@ -350,7 +357,8 @@ def awq_gemm(
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16
     m, n, k = _check(x, qweight, scales, qzeros, group_size)
-    cfg = config or default_config(m, n, k, group_size)
+    # mma.sync needs an Ampere or newer GPU
+    cfg = config or default_config(m, n, k, group_size, mma=mma_supported(x.device))
     if cfg.path == "mma":
         if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
             cfg = Config("mma", block_n=64, num_warps=4)

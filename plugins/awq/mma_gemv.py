@@ -39,6 +39,7 @@ accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -297,7 +298,7 @@ def awq_mma_gemv(
     """``x @ W^T`` for M <= 16 with mma.sync (inputs checked by kernels._check).
 
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/128, N] fp16 · qzeros [K/128, N/8]
-    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), one warp per 16-row tile
+    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), tiles / num_warps 16-row tiles per warp
     """
     assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
     m, k = x.shape
@@ -331,7 +332,20 @@ class MmaLayoutError(RuntimeError):
     the first launch of each variant, so no wrong result is ever computed)."""
 
 
-_checked: dict[tuple, None] = {}
+_checked: set[tuple] = set()
+
+
+@functools.cache
+def _has_mma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def mma_supported(device: torch.device) -> bool:
+    """Whether the kernel runs on ``device``: mma.sync m16n8k16 needs compute capability 8.0
+    (Ampere) or newer; on the CPU the interpreter runs its plain-Triton twin."""
+    if device.type != "cuda" or not use_inline_asm(device):
+        return True
+    return _has_mma(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _check_layout(args: tuple, kwargs: dict, num_warps: int) -> None:
@@ -345,7 +359,7 @@ def _check_layout(args: tuple, kwargs: dict, num_warps: int) -> None:
             f"Triton {triton.__version__} gave the tensor-core GEMV's operands a register layout "
             "other than the one its PTX is written for (plugins/awq/mma_gemv.py)"
         )
-    _checked[key] = None
+    _checked.add(key)
 
 
 _ENCODING = re.compile(r"^(#[\w]+) = #ttg\.blocked<\{(.*)\}>", re.M)

@@ -281,3 +281,15 @@ def test_a_triton_without_the_mma_layout_falls_back_with_a_warning(awq_weight, m
     assert kernels.default_config(2, n, k).path == "gemv"  # and from now on
     with pytest.raises(MmaLayoutError):  # a forced mma config is not silently replaced
         kernels.awq_gemm(x, qweight, scales, qzeros, 128, config=kernels.Config("mma", block_n=16))
+
+
+def test_decode_without_mma_sync_takes_the_other_paths():
+    from plugins.awq.kernels import default_config
+    from plugins.awq.mma_gemv import mma_supported
+
+    assert mma_supported(torch.device("cpu"))  # the interpreter runs the plain-Triton twin
+    for m in (1, 2, 5, 8, 16):
+        for n, k in ((15360, 5120), (5120, 5120), (27648, 5120), (5120, 13824)):
+            assert default_config(m, n, k, 128).path in ("mma", "gemv")
+            assert default_config(m, n, k, 128, mma=False).path in ("gemv", "dot", "dot_t")
+            assert default_config(m, n, k, 64).path != "mma"  # per-chunk scale needs G = 128
