@@ -64,6 +64,8 @@ def candidates(m: int, n: int, k: int, paths: str = "all") -> list[awq_kernels.C
     default = awq_kernels.default_config(m, n, k)
     if paths == "mma":  # the tensor-core GEMV against today's choice
         return [default] + [c for c in mma_candidates(m, k) if c != default]
+    if paths == "default":
+        return [default]
     if m > awq_kernels.GEMV_MAX_M:
         bm = 16 if m <= 16 else 32 if m <= 32 else 64
         cfgs = [default]
@@ -111,8 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--ms", type=str, default="1,2,4,16")
-    parser.add_argument("--paths", choices=("all", "mma"), default="all",
-                        help="mma: only the tensor-core GEMV against the default config")  # fmt: skip
+    parser.add_argument("--paths", choices=("all", "mma", "default"), default="all",
+                        help="mma: only the tensor-core GEMV against the default config; "
+                             "default: the default config alone")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -36,6 +36,7 @@ HOPPER = GPUTarget("cuda", 90, 32)
 # 16-byte aligned, N, K and strides multiples of 16), as the launcher does for these shapes
 _ARGS = {
     "x_ptr": "*fp16", "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*i32", "y_ptr": "*fp16",
+    "ws_ptr": "*fp32", "cnt_ptr": "*i32",
     "M": "i32", "N": "i32", "K": "i32", "stride_xm": "i32", "stride_ym": "i32",
 }  # fmt: skip
 _LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -123,7 +124,7 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
         fn = mma_module._awq_mma_gemv_kernel
         tiles = cfg.block_n // 16
         consts = dict(TILES=tiles, TPW=tiles // cfg.num_warps, XB=8 if m <= 8 else 16,
-                      ATOMIC=cfg.split_k > 1, ASM=True, UNROLL=cfg.unroll, PREFETCH=cfg.prefetch,
+                      SPLIT=cfg.split_k > 1, ASM=True, UNROLL=cfg.unroll, PREFETCH=cfg.prefetch,
                       USE_PDL=True)  # fmt: skip
     elif cfg.path in awq_kernels.MODES:
         fn = awq_kernels._awq_gemm_kernel

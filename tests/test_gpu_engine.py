@@ -136,11 +136,8 @@ def test_prefill_graphs_give_the_eager_prefill_tokens_and_logprobs_fp32():
 
 
 def test_programmatic_dependent_launch_changes_no_token_or_logprob():
-    # AWQ fp16: the tensor-core GEMV's decode, prefill's dequantize. The decode GEMV splits K
-    # and adds the partial sums with fp16 atomics, whose order varies from run to run: on this
-    # random 2-layer model two runs with PDL off differed by up to 0.017 in logprob on an H200
-    # (tokens equal), PDL on vs off by 0.014. A kernel reading its input before the previous
-    # one wrote it would not stay that close.
+    # AWQ fp16: the tensor-core GEMV's decode (split-K, partial sums added in a fixed order),
+    # the CUDA-core GEMV, prefill's dequantize: every kernel gives the same bits every run
     mk = dict(hidden_size=256, intermediate_size=512, num_heads=2)
     hopper = torch.cuda.get_device_capability()[0] >= 9
     runs = {}
@@ -151,6 +148,4 @@ def test_programmatic_dependent_launch_changes_no_token_or_logprob():
         runs[pdl] = greedy_tokens(e, n=40)
     for off, on in zip(runs[False], runs[True]):
         assert on.token_ids == off.token_ids
-        lon = torch.tensor([x.logprob for x in on.logprobs])
-        loff = torch.tensor([x.logprob for x in off.logprobs])
-        assert lon.isfinite().all() and (lon - loff).abs().max().item() < 0.05
+        assert [x.logprob for x in on.logprobs] == [x.logprob for x in off.logprobs]

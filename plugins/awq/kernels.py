@@ -83,7 +83,7 @@ class Config:
     num_warps: int = 4
     num_stages: int = 3
     unroll: int = 1  # 128-wide K chunks loaded per loop iteration (more loads in flight)
-    split_k: int = 1  # programs sharing one output tile's K range (fp16 atomics)
+    split_k: int = 1  # programs sharing one output tile's K range (fp16 atomics; mma: in order)
     prefetch: bool = False  # gemv: load the next tile before this one's math (double-buffer)
 
 

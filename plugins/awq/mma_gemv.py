@@ -33,6 +33,11 @@ fragment), so the epilogue stores element (g, tile, h, c) to y[b, n]. Scales are
 chunk in fp32 (GROUP 128), so the tensor cores sum exact (q - z) * x. Rows past N and batch rows
 past M load a valid row again instead of masking (no zero-filling); they are never stored.
 
+Split-K (grid axis 1) is deterministic: each split stores its fp32 partial sums, and the last
+split of a row block to arrive (an atomic counter, reset by that split) adds them in split order
+and writes y, so a launch gives the same bits every run and needs no zeroed output. Measured the
+same speed as fp16 atomics into a zeroed y (bench/results/gemv-graph-h200-deterministic.csv).
+
 Under ``TRITON_INTERPRET=1`` (CPU) inline PTX cannot run: ``ASM=False`` computes the same
 accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
 """
@@ -194,6 +199,8 @@ def _awq_mma_gemv_kernel(
     s_ptr,
     z_ptr,
     y_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     N,
     K,
@@ -202,7 +209,7 @@ def _awq_mma_gemv_kernel(
     TILES: tl.constexpr,
     TPW: tl.constexpr,
     XB: tl.constexpr,
-    ATOMIC: tl.constexpr,
+    SPLIT: tl.constexpr,
     ASM: tl.constexpr,
     UNROLL: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
@@ -270,10 +277,22 @@ def _awq_mma_gemv_kernel(
     b = _batch_row(c4)  # [1, 1, 1, 16]
     y_ptrs = y_ptr + b * stride_ym + n4
     mask = (n4 < N) & (b < M)
-    if not ATOMIC:
+    if not SPLIT:
         tl.store(y_ptrs, acc.to(tl.float16), mask=mask)
-    else:  # split-K: y was zeroed; fp16 atomics avoid a second pass over an fp32 workspace
-        tl.atomic_add(y_ptrs, acc.to(tl.float16), mask=mask)
+    else:  # split-K: the last split to finish adds all partial sums, in split order
+        lin = ((g4 * TILES + t4) * 2 + h4) * 16 + c4  # [8, T, 2, 16] element index
+        tile = TILES * 256
+        n_pid = tl.num_programs(0)
+        tl.store(ws_ptr + (pid_k * n_pid + pid_n) * tile + lin, acc)
+        tl.debug_barrier()  # every thread's partial sums are written before the arrival
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(1) - 1:
+            total = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
+            for k in range(0, tl.num_programs(1)):  # a fixed order: the same sum every run
+                part = ws_ptr + (k * n_pid + pid_n) * tile + lin
+                total += tl.load(part, cache_modifier=".cg")  # from L2, where the others wrote
+            tl.store(y_ptrs, total.to(tl.float16), mask=mask)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)  # counters are zero between launches
 
 
 @triton.jit
@@ -313,11 +332,14 @@ def awq_mma_gemv(
     assert unroll in (1, 2, 4), f"unroll={unroll}"
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
-    y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
+    y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     grid = (triton.cdiv(n, 16 * tiles), split_k)
-    args = (x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0))
+    # split-K: fp32 partial sums of every split, and one arrival counter per row block
+    ws = torch.empty((split_k, grid[0], 256 * tiles) if split_k > 1 else (1,), device=x.device)
+    args = (x, qweight, scales, qzeros, y, ws, _counters(x.device, grid[0]), m, n, k,
+            x.stride(0), y.stride(0))  # fmt: skip
     kwargs = dict(
-        TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, ATOMIC=split_k > 1, ASM=asm, UNROLL=unroll,
+        TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
         PREFETCH=prefetch,
         **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
@@ -325,6 +347,26 @@ def awq_mma_gemv(
         _check_layout(args, kwargs, num_warps)
     _awq_mma_gemv_kernel[grid](*args, **kwargs)
     return y
+
+
+# Arrival counters of split-K launches, per device: zero between launches (the last arrival
+# resets its own), so one buffer serves every launch of a stream, graph replays included. Kept
+# for the process's life: captured CUDA graphs hold its address.
+_COUNTERS = 1 << 16
+_counter_buffers: dict[tuple[str, int | None], torch.Tensor] = {}
+
+
+def _counters(device: torch.device, blocks: int) -> torch.Tensor:
+    assert blocks <= _COUNTERS, f"{blocks} row blocks: at most {_COUNTERS} per launch"
+    key = (device.type, device.index)
+    if key not in _counter_buffers:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "the tensor-core GEMV's first split-K launch on a device is being captured in a "
+                "CUDA graph; run it once before capturing (as the engine's warm-up does)"
+            )
+        _counter_buffers[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
+    return _counter_buffers[key]
 
 
 class MmaLayoutError(RuntimeError):

@@ -205,7 +205,7 @@ MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 lea
 @interpreted
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16])
 def test_mma_gemv_twin_matches_reference(m, awq_weight):
-    from plugins.awq.mma_gemv import awq_mma_gemv
+    from plugins.awq.mma_gemv import _counter_buffers, awq_mma_gemv
 
     # the interpreter runs the plain-Triton twin: same grid, split-K, clamped loads and the
     # epilogue that maps the mma's accumulator fragment to y[batch row, weight row]
@@ -218,6 +218,8 @@ def test_mma_gemv_twin_matches_reference(m, awq_weight):
                          split_k=split_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
         assert y.shape == (m, n)
         assert _rel_err(y, ref) < 2e-3, (tiles, split_k, _rel_err(y, ref))
+    # the last split of each row block summed the partials and reset its arrival counter
+    assert not _counter_buffers[("cpu", None)].any()
 
 
 @pytest.mark.gpu
@@ -237,6 +239,10 @@ def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
         assert not y.isnan().any(), (tiles, split_k)
         # fp32 sums on the tensor cores: as close as the fp16 output allows
         assert _rel_err(y, ref) < 1e-3, (tiles, split_k, _rel_err(y, ref))
+        # split-K partial sums meet in a fixed order: the same bits every launch
+        again = awq_mma_gemv(x, qweight, scales, qzeros, 128, tiles=tiles, num_warps=warps,
+                             split_k=split_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
+        assert torch.equal(again, y), (tiles, split_k)
 
 
 def test_mma_layout_check_refuses_other_layouts():
