@@ -54,9 +54,16 @@ def dequant_piece(q, zz, s, J: tl.constexpr):
 
 @triton.jit
 def group_params(s_ptr, z_ptr, g, offs_n, mask_n, N):
-    """Scales and 1024 + zero of group g for rows offs_n: two fp16 [BN]."""
-    s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
-    zi = tl.load(z_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
+    """Scales and 1024 + zero of group g for rows offs_n: two fp16 tensors of offs_n's shape.
+
+    ``mask_n=None``: every row is in bounds (no masked loads, no zero-filling).
+    """
+    if mask_n is None:
+        s = tl.load(s_ptr + g * N + offs_n)
+        zi = tl.load(z_ptr + g * (N // 8) + offs_n // 8)
+    else:
+        s = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0)
+        zi = tl.load(z_ptr + g * (N // 8) + offs_n // 8, mask=mask_n, other=0)
     zz = (((zi >> ((offs_n % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
     return s, zz
 

@@ -43,6 +43,7 @@ import triton.language as tl
 
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
+from plugins.awq.dequant import group_params
 from plugins.awq.reference import KCHUNK, PIECE
 
 # Largest M the GEMV takes in one program (per-row accumulators are unrolled; 8 rows cost about
@@ -138,11 +139,7 @@ def _dot8(q, s0, s1, s2, s3, z0, z1, z2, z3, xp, xmask, ASM: tl.constexpr):
 @triton.jit
 def _quarter_params(s_ptr, z_ptr, chunk3, Q: tl.constexpr, n3, mask3, N, GROUP: tl.constexpr):
     """Scale and 1024 + zero of K quarter Q (32 values) of chunks chunk3, rows n3: fp16 tiles."""
-    g = (chunk3 * 128 + Q * 32) // GROUP
-    s = tl.load(s_ptr + g * N + n3, mask=mask3, other=0.0)
-    zi = tl.load(z_ptr + g * (N // 8) + n3 // 8, mask=mask3, other=0)
-    zz = (((zi >> ((n3 % 8) * 4)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
-    return s, zz
+    return group_params(s_ptr, z_ptr, (chunk3 * 128 + Q * 32) // GROUP, n3, mask3, N)
 
 
 @triton.jit
