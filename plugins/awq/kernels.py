@@ -42,13 +42,8 @@ from plugins.awq.dequant import (
     group_params,
 )
 from plugins.awq.gemv import awq_gemv
-from plugins.awq.mma_gemv import (
-    MMA_GROUP,
-    MMA_MAX_M,
-    MmaLayoutError,
-    awq_mma_gemv,
-    mma_supported,
-)
+from plugins.awq.mma_gemv import MMA_GROUP, MMA_MAX_M, awq_mma_gemv, mma_supported
+from plugins.awq.mma_ptx import MmaLayoutError
 from plugins.awq.reference import KCHUNK
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above

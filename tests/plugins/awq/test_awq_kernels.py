@@ -246,7 +246,7 @@ def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
 
 
 def test_mma_layout_check_refuses_other_layouts():
-    from plugins.awq.mma_gemv import mma_layout_ok
+    from plugins.awq.mma_ptx import mma_layout_ok
 
     def ttgir(layout: str) -> str:
         return (
@@ -269,7 +269,7 @@ def test_mma_layout_check_refuses_other_layouts():
 @interpreted
 def test_a_triton_without_the_mma_layout_falls_back_with_a_warning(awq_weight, monkeypatch):
     from plugins.awq import kernels
-    from plugins.awq.mma_gemv import MmaLayoutError
+    from plugins.awq.mma_ptx import MmaLayoutError
 
     def refuse(*args, **kwargs):
         raise MmaLayoutError("Triton 9.9 gave the tensor-core GEMV's operands another layout")
