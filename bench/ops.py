@@ -72,13 +72,13 @@ def paged_cache(batch: int, ctx: int, layers: int):
     return caches, tables, lens
 
 
-# (BLOCK_N, PROGRAMS_PER_SM, NUM_WARPS, PREFETCH, NUM_STAGES) of the decode sweep
-DECODE_KNOBS = ("BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS", "PREFETCH", "NUM_STAGES")
+# (BLOCK_N, SPLIT_BLOCK_N, PROGRAMS_PER_SM, NUM_WARPS, NUM_STAGES) of the decode sweep: the
+# tile of one program per (sequence, head), and of split contexts
+DECODE_KNOBS = ("BLOCK_N", "SPLIT_BLOCK_N", "PROGRAMS_PER_SM", "NUM_WARPS", "NUM_STAGES")
 DECODE_SWEEP = [
-    (32, 4, 4, 1, 3), (32, 8, 4, 1, 3), (64, 2, 4, 1, 3), (64, 8, 4, 1, 3), (128, 4, 8, 1, 3),
-    (128, 8, 8, 1, 3), (64, 8, 8, 1, 3),
-    # without prefetching (K and V of a tile loaded together), and the pipeliner's stages
-    (64, 4, 4, 0, 3), (32, 4, 4, 0, 3), (64, 4, 4, 0, 1), (64, 4, 4, 1, 4),
+    (32, 32, 4, 4, 3), (32, 64, 8, 4, 3), (32, 16, 8, 4, 3), (64, 64, 4, 4, 3),
+    (128, 128, 4, 4, 3), (128, 128, 4, 8, 3), (32, 64, 4, 4, 2), (32, 64, 4, 4, 4),
+    (32, 64, 2, 4, 3),
 ]  # fmt: skip
 
 
@@ -96,10 +96,10 @@ def bench_decode(bw: float, sweep: bool) -> None:
         for config in dict.fromkeys(configs):
             for knob, value in zip(DECODE_KNOBS, config, strict=True):
                 setattr(decode_mod, knob, value)
-            block_n, per_sm, warps, prefetch, stages = config
+            block_n, split_block_n, per_sm, warps, stages = config
             splits = decode_mod.num_splits(batch, H, MAX_BLOCKS * BS, q.device)
-            tag = f"BN={block_n} ppsm={per_sm} w={warps} S={splits}"
-            tag += f" prefetch={prefetch} stages={stages}"
+            tile = split_block_n if splits > 1 else block_n
+            tag = f"BN={tile} ppsm={per_sm} w={warps} S={splits} stages={stages}"
             # the default tiles also run the reduce both ways: fused into the split kernel (the
             # last program to arrive merges) and as a second kernel; one split has no reduce
             impls = [("triton", None)]

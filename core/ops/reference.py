@@ -50,11 +50,12 @@ def store_kv(
     slot_mapping: torch.Tensor,
 ) -> None:
     """Write new K/V into the paged cache. k, v [T, Hk, D]; caches [NB, BS, Hk, D]; slots [T]."""
-    nb, bs = k_cache.shape[:2]
+    bs = k_cache.shape[1]
     keep = slot_mapping >= 0
-    slots = slot_mapping[keep]
-    k_cache.view(nb * bs, *k_cache.shape[2:])[slots] = k[keep].to(k_cache.dtype)
-    v_cache.view(nb * bs, *v_cache.shape[2:])[slots] = v[keep].to(v_cache.dtype)
+    slots = slot_mapping[keep].long()
+    # (block, token) indexing writes through any strides (the engine's caches are head-major views)
+    k_cache[slots // bs, slots % bs] = k[keep].to(k_cache.dtype)
+    v_cache[slots // bs, slots % bs] = v[keep].to(v_cache.dtype)
 
 
 def paged_attention(

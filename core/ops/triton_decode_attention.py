@@ -6,7 +6,15 @@ each program runs an online softmax over its piece and writes an unnormalised pa
 (acc [D], running max m, sum l). Heads are the fastest grid axis, so programs running side by
 side read neighbouring 256-byte rows of the same cache tokens ([NB, BS, Hk, D] keeps a token's
 heads together); against (B, H, S) order this measured the same on an H100
-(bench/results/ops-H100-80GB-HBM3.md).
+(bench/results/ops-H100-80GB-HBM3.md). The cache is addressed through its block, token and
+head strides (paged_cache_shapes.check_cache_strides).
+
+Inside a program the math is two ``tl.dot`` per tile of BLOCK_N tokens, on a 16-row query tile
+whose row 0 is the head's query: an elementwise multiply-and-sum did the same arithmetic on the
+CUDA cores but reduced across warps twice per tile, and Triton did not pipeline its loads; the
+dot form reaches 0.9 of copy bandwidth at batch 16 (constants below). With grouped-query
+attention each program still serves one query head (a KV head's tiles are read once per query
+head of its group).
 
 Merging the S partials of a (sequence, head) is fused into the same kernel (``FUSED_REDUCE``):
 after storing its partial, each program bumps an int32 arrival counter for its (b, h) with an
@@ -19,7 +27,7 @@ with grid (H, B)) for the benchmark to time against.
 
 CUDA-graph safety: the grid depends only on B, H and ``block_tables.shape[1]`` (static in graph
 mode); each program reads its sequence's live length from ``context_lens`` on the device and
-sizes its piece from it (``cdiv(ctx, S)`` rounded up to BLOCK_N), so every live context is spread
+sizes its piece from it (``cdiv(ctx, S)`` rounded up to the tile), so every live context is spread
 over all S splits whatever its length, and splits past the end write an empty partial.
 """
 
@@ -35,23 +43,22 @@ from core.ops.paged_cache_shapes import check_paged_cache
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
-# Context tokens per inner step of a split program, and the programs per SM that the split
-# count aims for at small batch: bench/ops.py --sweep on an H100 (bench/results/ops-*.md);
-# BLOCK_N 64 wins at batch >= 16 (0.65-0.72 of copy bandwidth vs 0.54-0.66 for 32), the split
-# target is a compromise (8 is faster at batch 1 with 1024 context, slower at batch 16).
-BLOCK_N = 64
+# Context tokens per inner step of a split program, its warps and pipeline stages, and the
+# programs per SM that the split count aims for at small batch. The tl.dot formulation (below)
+# against the previous elementwise one (BLOCK_N 64, register prefetch), H200, us per layer in
+# CUDA graphs (bench/ops.py): batch 16 x 512 context 58.1 -> 43.8 (0.68 -> 0.91 of copy
+# bandwidth), 32 x 512 105.1 -> 84.1, 16 x 1024 109.0 -> 82.7, 64 x 1024 369 -> 318; BLOCK_N 32
+# with 4 warps was best or within 5% of best at every size; 8 warps lost up to 40%; stages 3
+# and 4 the same, 2 up to 3% slower. When the context is split (small batches), 64-token tiles
+# win: batch 1 x 256 / 1024 / 4096 context 7.9 / 12.3 / 26.0 us against 8.1 / 13.7 / 31.5 for
+# 32 (bench/results/ops-decode-sweep-h200.log).
+BLOCK_N = 32
+SPLIT_BLOCK_N = 64
+NUM_WARPS = 4
+NUM_STAGES = 3
 PROGRAMS_PER_SM = 4
 MAX_SPLITS = 64
-NUM_WARPS = 4
-# Load order inside the split loop. A tile's K and V are loaded together (the V load used to
-# wait for the scores: two dependent latencies per tile); PREFETCH also loads the next tile's
-# K, V and block ids before this tile's math. H100, bench/ops.py --sweep in CUDA graphs
-# (ops-decode-loadorder-h100.csv), us per layer, V after the scores / together / PREFETCH:
-# batch 1 x 256 context 11.1 / 8.7 / 8.2, 1 x 4096 52.7 / 42.3 / 41.5, 16 x 512 85.3 / 69.3 /
-# 70.4 (0.80 of copy bandwidth), 16 x 1024 161.4 / 129.2 / 132.1, 64 x 1024 625 / 504 / 472
-# (0.95). num_stages 1, 3 and 4 measured the same.
-PREFETCH = True
-NUM_STAGES = 3
+QROWS = tl.constexpr(16)  # rows of the query tile: tl.dot's smallest M
 # Merge the partials in the split kernel (last arriver) rather than in a second kernel: on an
 # H100 at batch 1, S=14, 0.8-1.7 us less per layer (11.1 vs 11.9 us at 256 context, 21.8 vs
 # 22.5 at 1024, 52.6 vs 54.3 at 4096; bench/ops.py "triton-fused" vs "triton-2kernel" rows).
@@ -71,7 +78,7 @@ def _num_sms(device: torch.device) -> int:
 def num_splits(batch: int, num_heads: int, max_context_len: int, device: torch.device) -> int:
     """Splits per (sequence, head), from static sizes only (never the live context)."""
     want = triton.cdiv(PROGRAMS_PER_SM * _num_sms(device), batch * num_heads)
-    return max(1, min(want, triton.cdiv(max_context_len, BLOCK_N), MAX_SPLITS))
+    return max(1, min(want, triton.cdiv(max_context_len, SPLIT_BLOCK_N), MAX_SPLITS))
 
 
 # every counter buffer ever made, per device, newest last: a CUDA graph keeps the address of the
@@ -115,31 +122,13 @@ def _merge_splits(
 
 
 @triton.jit
-def _load_kv_tile(
-    k_cache_ptr, v_cache_ptr, bt_ptr, start, hi, row_stride, head_off, offs_d, mask_d,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """K and V (fp16 [BN, BD]) of context tokens start .. start + BN (zeros past ``hi``)."""
-    offs_n = start + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < hi
-    block = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=mask_n, other=0)
-    slot = block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE  # (BN,)
-    kv = slot[:, None] * row_stride + head_off + offs_d[None, :]  # (BN, BD)
-    mask = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(k_cache_ptr + kv, mask=mask, other=0.0)
-    v = tl.load(v_cache_ptr + kv, mask=mask, other=0.0)
-    return k, v
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, part_acc_ptr, part_ml_ptr, counter_ptr,
-    stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
-    scale_log2, num_kv_groups, num_kv_heads, head_dim, num_splits,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+    scale_log2, num_kv_groups, head_dim, num_splits,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):  # fmt: skip
     pdl_start(USE_PDL)
     h = tl.program_id(0)
@@ -151,51 +140,52 @@ def _decode_split_kernel(
     lo = split * piece
     hi = tl.minimum(lo + piece, ctx)
 
+    # The scores and the weighted sum are tl.dot over a 16-row query tile whose row 0 is this
+    # head's query (rows 1-15 are zeros, never stored): tensor-core tiles, per-row softmax
+    # statistics with no cross-warp reduction per tile, and K/V loads that Triton pipelines
+    # (NUM_STAGES) because they feed a dot.
+    rows = tl.arange(0, QROWS)
+    is_q = rows == 0
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < head_dim
-    q = tl.load(q_ptr + b * stride_qt + h * stride_qh + offs_d, mask=mask_d, other=0.0)
-    q = q.to(tl.float32) * scale_log2  # (BD,): scores come out in log2 units for exp2
-    m_i = -float("inf")
-    l_i = 0.0
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    row_stride = num_kv_heads * head_dim
+    q_ptrs = q_ptr + b * stride_qt + h * stride_qh + rows[:, None] * 0 + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=is_q[:, None] & mask_d[None, :], other=0.0)  # (16, BD)
+    m_i = tl.full([QROWS], -float("inf"), dtype=tl.float32)
+    l_i = tl.zeros([QROWS], dtype=tl.float32)
+    acc = tl.zeros([QROWS, BLOCK_D], dtype=tl.float32)
     bt_ptr = block_tables_ptr + b * stride_bt
-    head_off = kvh * head_dim
-    if PREFETCH:  # register double-buffering: the next tile's K/V fly during this one's math
-        k_next, v_next = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_ptr, lo, hi, row_stride,
-                                       head_off, offs_d, mask_d, BLOCK_SIZE, BLOCK_N)  # fmt: skip
+    head_off = kvh * stride_ch
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < hi
-        if PREFETCH:
-            k, v = k_next, v_next
-            k_next, v_next = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_ptr, start + BLOCK_N, hi,
-                                           row_stride, head_off, offs_d, mask_d, BLOCK_SIZE,
-                                           BLOCK_N)  # fmt: skip
-        else:
-            k, v = _load_kv_tile(k_cache_ptr, v_cache_ptr, bt_ptr, start, hi, row_stride, head_off,
-                                 offs_d, mask_d, BLOCK_SIZE, BLOCK_N)  # fmt: skip
-        k = k.to(tl.float32)
-        s = tl.sum(k * q[None, :], axis=1)  # (BN,)
-        s = tl.where(mask_n, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        block = tl.load(bt_ptr + offs_n // BLOCK_SIZE, mask=mask_n, other=0)
+        row = block.to(tl.int64) * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs  # (BN,)
+        kv = row[:, None] + head_off + offs_d[None, :]  # (BN, BD)
+        mask_kv = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_cache_ptr + kv, mask=mask_kv, other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale_log2  # (16, BN) fp32, log2 units for exp2
+        s = tl.where(mask_n[None, :], s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new)
-        v = v.to(tl.float32)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_cache_ptr + kv, mask=mask_kv, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
     dst_off = b * stride_ot + h * stride_oh
+    row0 = is_q[:, None] & mask_d[None, :]  # (16, BD): only the query row is stored
     if DIRECT:
-        out = acc / tl.where(l_i > 0, l_i, 1.0)
-        tl.store(out_ptr + dst_off + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        out_ptrs = out_ptr + dst_off + rows[:, None] * 0 + offs_d[None, :]
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=row0)
     else:
         bh = b * tl.num_programs(0) + h
         part = bh * num_splits + split
-        tl.store(part_acc_ptr + part * BLOCK_D + offs_d, acc)
-        tl.store(part_ml_ptr + part * 2, m_i)
-        tl.store(part_ml_ptr + part * 2 + 1, l_i)
+        tl.store(part_acc_ptr + part * BLOCK_D + rows[:, None] * 0 + offs_d[None, :], acc,
+                 mask=is_q[:, None])  # fmt: skip
+        tl.store(part_ml_ptr + part * 2 + rows * 0, m_i, mask=is_q)
+        tl.store(part_ml_ptr + part * 2 + 1 + rows * 0, l_i, mask=is_q)
         if FUSED:
             # One thread issues a scalar atomic: the barrier first orders every thread's partial
             # stores before it, so its release covers them; its acquire (the old count is
@@ -264,10 +254,10 @@ def decode_attention(
         q, k_cache, v_cache, block_tables, context_lens,
         out, part_acc, part_ml, counters,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        scale_log2, h // hk, hk, d, splits,
-        BLOCK_SIZE=block_size, BLOCK_N=BLOCK_N, BLOCK_D=block_d,
+        *k_cache.stride()[:3], scale_log2, h // hk, d, splits,
+        BLOCK_SIZE=block_size, BLOCK_N=SPLIT_BLOCK_N if splits > 1 else BLOCK_N, BLOCK_D=block_d,
         BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct,
-        PREFETCH=PREFETCH, **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](

@@ -36,8 +36,8 @@ NUM_STAGES = 2
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, query_start_ptr, out_ptr,
-    stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
-    scale_log2, num_kv_groups, num_kv_heads, head_dim,
+    stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
+    scale_log2, num_kv_groups, head_dim,
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr,
 ):  # fmt: skip
@@ -63,7 +63,6 @@ def _prefill_kernel(
         m_i = tl.full([BLOCK_M], -float("inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        row_stride = num_kv_heads * head_dim
         end = tl.minimum(ctx, ctx - q_len + (tile + 1) * BLOCK_M)  # causal: nothing past the tile
         for start in range(0, end, BLOCK_N):
             offs_n = start + tl.arange(0, BLOCK_N)
@@ -71,8 +70,8 @@ def _prefill_kernel(
             block = tl.load(
                 block_tables_ptr + b * stride_bt + offs_n // BLOCK_SIZE, mask=mask_n, other=0
             )
-            slot = block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE  # (BN,)
-            kv = slot[:, None] * row_stride + kvh * head_dim + offs_d[None, :]  # (BN, BD)
+            row = block.to(tl.int64) * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs  # (BN,)
+            kv = row[:, None] + kvh * stride_ch + offs_d[None, :]  # (BN, BD)
             mask_kv = mask_n[:, None] & mask_d[None, :]
             k = tl.load(k_cache_ptr + kv, mask=mask_kv, other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale_log2  # (BM, BN) fp32
@@ -120,7 +119,7 @@ def prefill_attention(
     _prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, context_lens, query_start_loc, out,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        scale * 1.4426950408889634, h // hk, hk, d,
+        *k_cache.stride()[:3], scale * 1.4426950408889634, h // hk, d,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip

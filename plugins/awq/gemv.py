@@ -210,7 +210,8 @@ def _awq_gemv_kernel(
     acc6 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
     acc7 = tl.zeros((BLOCK_N, UNROLL, 16), dtype=tl.float32)
     if PREFETCH:  # register double-buffering: the next tile's loads fly during this one's math
-        q_next = tl.load(qw_ptrs + first * 16, mask=(n3 < N) & (first + u3 < last), other=0)
+        q_next = tl.load(qw_ptrs + first * 16, mask=(n3 < N) & (first + u3 < last), other=0,
+                         eviction_policy="evict_first")  # fmt: skip
     # PDL: the first weight tile (no kernel writes weights) is in flight before x is ready
     pdl_wait(USE_PDL)
     for chunk0 in range(first, last, UNROLL):
@@ -220,10 +221,11 @@ def _awq_gemv_kernel(
             q = q_next
             nxt = chunk3 + UNROLL
             q_next = tl.load(
-                qw_ptrs + (chunk0 + UNROLL) * 16, mask=(n3 < N) & (nxt < last), other=0
-            )
-        else:
-            q = tl.load(qw_ptrs + chunk0 * 16, mask=mask3, other=0)  # [BN, U, 16] int32
+                qw_ptrs + (chunk0 + UNROLL) * 16, mask=(n3 < N) & (nxt < last), other=0,
+                eviction_policy="evict_first",
+            )  # fmt: skip
+        else:  # weights first out of L2 (read once per step), as in mma_gemv._load_w
+            q = tl.load(qw_ptrs + chunk0 * 16, mask=mask3, other=0, eviction_policy="evict_first")
         s0, z0 = _quarter_params(s_ptr, z_ptr, chunk3, 0, n3, mask3, N, GROUP)
         if GROUP == 128:
             s1, z1, s2, z2, s3, z3 = s0, z0, s0, z0, s0, z0

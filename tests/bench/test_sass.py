@@ -35,8 +35,9 @@ def run_sass(*args: str) -> str:
 def test_the_batch_1_gemv_loads_its_weights_16_bytes_at_a_time():
     line = next(ln for ln in run_sass("--ms", "1", "--shapes", "o").splitlines() if " o " in ln)
     assert " gemv " in line
-    # K % 128 == 0 lets the GEMV issue 16-byte weight loads (plugins/awq/gemv.py)
-    assert "weight load LDG.E.128" in line, line
+    # K % 128 == 0 lets the GEMV issue 16-byte weight loads (plugins/awq/gemv.py), marked
+    # evict-first (EF) in L2
+    assert "weight load LDG.E.EF.128" in line, line
     per_int32 = float(re.search(r"([\d.]+) per int32", line).group(1))
     assert 10 < per_int32 < 100, line  # a real loop was found and measured
 
@@ -48,4 +49,4 @@ def test_decode_takes_the_tensor_cores_except_the_batch_1_gemv():
     assert mma[1, "o"][0] == "gemv" and mma[1, "o"][2] == 0, out  # CUDA cores
     for key in ((1, "down"), (16, "o"), (16, "down")):  # the tensor-core GEMV
         path, load, n = mma[key]
-        assert path == "mma" and n > 0 and load == "LDG.E.128", (key, out)
+        assert path == "mma" and n > 0 and load == "LDG.E.EF.128", (key, out)

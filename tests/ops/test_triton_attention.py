@@ -38,6 +38,10 @@ def test_prefill_attention(target, paged_batch, batch, block_size, heads, kv_hea
     small = prefill_attention(b["q"], b["k_cache"], b["v_cache"], m.block_tables, m.context_lens,
                               m.query_start_loc, m.max_query_len, scale, block_m=16, block_n=16)  # fmt: skip
     assert rel_err(small, ref) < tolerance(dtype)
+    strided = prefill_attention(b["q"], head_major(b["k_cache"]), head_major(b["v_cache"]),
+                                m.block_tables, m.context_lens, m.query_start_loc,
+                                m.max_query_len, scale)  # fmt: skip
+    assert rel_err(strided, ref) < tolerance(dtype)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -64,18 +68,32 @@ def test_decode_attention(
     assert rel_err(out, ref) < tolerance(dtype)
 
 
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_decode_attention_with_and_without_prefetch(target, paged_batch, monkeypatch, prefetch):
-    """Both load orders of the split loop (the next tile prefetched, or not: the sweep's)."""
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    """The same values stored [NB, Hk, BS, D] in memory, viewed as [NB, BS, Hk, D]."""
+    return cache.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "head-major"])
+@pytest.mark.parametrize("block_n", [16, 32, 64])
+def test_decode_attention_tiles_and_cache_strides(
+    target, paged_batch, monkeypatch, block_n, layout
+):
+    """Every tile width of the split loop, over a contiguous cache and a head-major one: the
+    kernels address the cache through its strides, never assuming [NB, BS, Hk, D] contiguity."""
     from core.ops import triton_decode_attention as mod
 
-    monkeypatch.setattr(mod, "PREFETCH", prefetch)
+    monkeypatch.setattr(mod, "BLOCK_N", block_n)
+    monkeypatch.setattr(mod, "SPLIT_BLOCK_N", block_n)
     device, dtype = target
     b = paged_batch([(1, 1), (70, 1), (129, 1), (33, 1)], 4, 2, 16, 16, device, dtype)
     meta, scale = b["meta"], 0.25
     ref = reference.paged_attention(b["q"], b["k_cache"], b["v_cache"], meta, scale)
+    k_cache, v_cache = b["k_cache"], b["v_cache"]
+    if layout == "head-major":
+        k_cache, v_cache = head_major(k_cache), head_major(v_cache)
+        assert not k_cache.is_contiguous()
     for splits in (1, 3):
-        out = mod.decode_attention(b["q"], b["k_cache"], b["v_cache"], meta.block_tables,
+        out = mod.decode_attention(b["q"], k_cache, v_cache, meta.block_tables,
                                    meta.context_lens, scale, splits=splits)  # fmt: skip
         assert rel_err(out, ref) < tolerance(dtype), splits
 

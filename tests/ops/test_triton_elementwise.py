@@ -74,8 +74,9 @@ def test_silu_mul(target, t, inter):
     assert rel_err(out, ref) < tolerance(dtype)
 
 
+@pytest.mark.parametrize("head_major", [False, True])
 @pytest.mark.parametrize("block_size, kv_heads, head_dim", [(4, 2, 16), (16, 3, 24)])
-def test_store_kv(target, block_size, kv_heads, head_dim):
+def test_store_kv(target, block_size, kv_heads, head_dim, head_major):
     from core.ops.triton_kv_cache import store_kv
 
     device, dtype = target
@@ -89,7 +90,12 @@ def test_store_kv(target, block_size, kv_heads, head_dim):
     k_cache = torch.randn(shape, device=device).to(dtype)
     v_cache = torch.randn(shape, device=device).to(dtype)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    if head_major:  # the same values stored [NB, Hk, BS, D], viewed as [NB, BS, Hk, D]
+        k_cache, v_cache = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+                            for c in (k_cache, v_cache))  # fmt: skip
     store_kv(k, v, k_cache, v_cache, slots)
     reference.store_kv(k, v, k_ref, v_ref, slots)
     assert torch.equal(k_cache, k_ref)
     assert torch.equal(v_cache, v_ref)
+    written = slots[slots >= 0].cpu()
+    assert torch.equal(k_ref.view(-1, kv_heads, head_dim)[written].to(device), k[slots >= 0])
