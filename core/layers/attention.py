@@ -27,11 +27,21 @@ class PagedAttention(nn.Module):
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
         self._store = kernels.get("store_kv")
+        self._rope_store = kernels.get("rotary_store_kv")
         self._attend = kernels.get("paged_attention")
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        # q [T, H, D], k/v [T, Hk, D] -> [T, H, D]
-        self._store(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        # q [T, H, D], k/v [T, Hk, D] · rope: (cos, sin) [T, D/2] fp32 or None -> [T, H, D]
+        # With rope, q and k are rotated here, in the launch that writes k and v to the cache.
+        if rope is None:
+            self._store(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        else:
+            q = self._rope_store(q, k, v, *rope, self.k_cache, self.v_cache, meta.slot_mapping)
         return self._attend(q, self.k_cache, self.v_cache, meta, self.scale)

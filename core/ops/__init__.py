@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from core.ops import reference
 
-OPS = ("rms_norm", "add_rms_norm", "rotary", "silu_mul", "store_kv", "paged_attention")
+OPS = (
+    "rms_norm",
+    "add_rms_norm",
+    "rotary",
+    "rotary_store_kv",
+    "silu_mul",
+    "store_kv",
+    "paged_attention",
+)
 
 
 def rms_norm_triton(x, weight, eps):
@@ -29,6 +37,12 @@ def rotary_triton(q, k, cos, sin):
     from core.ops.triton_rotary import rotary
 
     return rotary(q, k, cos, sin)
+
+
+def rotary_store_kv_triton(q, k, v, cos, sin, k_cache, v_cache, slot_mapping):
+    from core.ops.triton_rotary import rotary_store_kv
+
+    return rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping)
 
 
 def silu_mul_triton(x):
@@ -53,6 +67,7 @@ TRITON_OPS = {
     "rms_norm": rms_norm_triton,
     "add_rms_norm": add_rms_norm_triton,
     "rotary": rotary_triton,
+    "rotary_store_kv": rotary_store_kv_triton,
     "silu_mul": silu_mul_triton,
     "store_kv": store_kv_triton,
     "paged_attention": paged_attention_triton,

@@ -36,6 +36,22 @@ def rotary(
     return rot(q), rot(k)
 
 
+def rotary_store_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    """RoPE on q and k, then k and v into the paged cache (store_kv); returns the rotated q."""
+    q, k = rotary(q, k, cos, sin)
+    store_kv(k, v, k_cache, v_cache, slot_mapping)
+    return q
+
+
 def silu_mul(x: torch.Tensor) -> torch.Tensor:
     # x [T, 2I] (gate | up) -> [T, I]
     gate, up = x.chunk(2, dim=-1)

@@ -3,7 +3,9 @@
 cos/sin come from the layer (fp32, one row per token, dynamic NTK already applied), so the kernel
 is a pure gather-rotate-store. Grid (T, 2): program (t, 0) rotates token t's query heads, (t, 1)
 its key heads. q/k may be strided views of the fused qkv output; the results are new
-contiguous tensors, as the reference returns.
+contiguous tensors, as the reference returns. ``rotary_store_kv`` is the same launch with
+program (t, 1) writing the rotated key heads and the value heads straight into the token's
+paged-cache slot (what rotary followed by store_kv does in two launches).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import torch
 import triton
 import triton.language as tl
 
+from core.ops.paged_cache_shapes import check_cache_strides
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_start
 
 
 @triton.jit
-def _rotate_heads(x_ptr, out_ptr, c, s, t, stride_xt, stride_xh, num_heads, half,
+def _rotate_heads(x_ptr, dst, c, s, t, stride_xt, stride_xh, dst_stride_h, num_heads, half,
                   BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
+    # token t's heads of x, rotated, to dst + head * dst_stride_h
     heads = tl.arange(0, BLOCK_H)[:, None]  # (BH, 1)
     offs = tl.arange(0, BLOCK_HALF)[None, :]  # (1, BD/2)
     mask = (heads < num_heads) & (offs < half)
@@ -26,18 +30,20 @@ def _rotate_heads(x_ptr, out_ptr, c, s, t, stride_xt, stride_xh, num_heads, half
     x1 = tl.load(src, mask=mask, other=0.0)
     x2 = tl.load(src + half, mask=mask, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    dst = out_ptr + t * num_heads * 2 * half + heads * 2 * half + offs
-    tl.store(dst, (x1f * c - x2f * s).to(x1.dtype), mask=mask)
-    tl.store(dst + half, (x2f * c + x1f * s).to(x1.dtype), mask=mask)
+    out = dst + heads * dst_stride_h + offs
+    tl.store(out, (x1f * c - x2f * s).to(dst.dtype.element_ty), mask=mask)
+    tl.store(out + half, (x2f * c + x1f * s).to(dst.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _rotary_kernel(
-    q_ptr, k_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_ct,
+    q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
+    k_cache_ptr, v_cache_ptr, slot_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
+    stride_cb, stride_cs, stride_ch,
     num_heads, num_kv_heads, half,
     BLOCK_H: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, STORE: tl.constexpr, USE_PDL: tl.constexpr,
 ):  # fmt: skip
     pdl_start(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
@@ -45,18 +51,27 @@ def _rotary_kernel(
     c = tl.load(cos_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
     s = tl.load(sin_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
     if tl.program_id(1) == 0:
-        _rotate_heads(q_ptr, q_out_ptr, c, s, t, stride_qt, stride_qh, num_heads, half,
-                      BLOCK_H, BLOCK_HALF)  # fmt: skip
-    else:
-        _rotate_heads(k_ptr, k_out_ptr, c, s, t, stride_kt, stride_kh, num_kv_heads, half,
-                      BLOCK_HK, BLOCK_HALF)  # fmt: skip
+        _rotate_heads(q_ptr, q_out_ptr + t * num_heads * 2 * half, c, s, t, stride_qt, stride_qh,
+                      2 * half, num_heads, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
+    elif not STORE:
+        _rotate_heads(k_ptr, k_out_ptr + t * num_kv_heads * 2 * half, c, s, t, stride_kt,
+                      stride_kh, 2 * half, num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+    else:  # rotated K and V straight into token t's cache slot (-1: a padded row, no write)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if slot >= 0:
+            row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+            _rotate_heads(k_ptr, k_cache_ptr + row, c, s, t, stride_kt, stride_kh, stride_ch,
+                          num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+            heads = tl.arange(0, BLOCK_HK)[:, None]  # (BHk, 1)
+            offs_d = tl.arange(0, 2 * BLOCK_HALF)[None, :]  # (1, BD)
+            mask = (heads < num_kv_heads) & (offs_d < 2 * half)
+            v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + offs_d, mask=mask)
+            dst = v_cache_ptr + row + heads * stride_ch + offs_d
+            tl.store(dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # q [T, H, D] · k [T, Hk, D] (strided views ok) · cos/sin [T, D/2] fp32 -> q [T, H, D], k [T, Hk, D]
-    t, h, d = q.shape
+def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    t, _, d = q.shape
     assert k.dim() == 3 and k.shape[0] == t and k.shape[2] == d, (
         f"k: expected [{t}, Hk, {d}], got {tuple(k.shape)}"
     )
@@ -70,14 +85,64 @@ def rotary(
     assert cos.stride() == sin.stride() and cos.stride(-1) == 1, (
         "cos/sin: same strides, unit last stride"
     )
+
+
+def _launch(q, k, v, cos, sin, q_out, k_out, k_cache, v_cache, slots) -> None:
+    t, h, d = q.shape
+    hk = k.shape[1]
+    store = k_cache is not None
+    cache_strides = k_cache.stride()[:3] if store else (0, 0, 0)
+    if not store:  # unused pointers (STORE is a constexpr: that branch is not compiled)
+        k_cache = v_cache = slots = q_out
+    _rotary_kernel[(t, 2)](
+        q, k, v, cos, sin, q_out, k_out, k_cache, v_cache, slots,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        cos.stride(0), *cache_strides,
+        h, hk, d // 2,
+        BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(hk),
+        BLOCK_HALF=triton.next_power_of_2(d // 2), BLOCK_SIZE=k_cache.shape[1] if store else 1,
+        STORE=store, **pdl_launch(q), num_warps=4,
+    )  # fmt: skip
+
+
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # q [T, H, D] · k [T, Hk, D] (strided views ok) · cos/sin [T, D/2] fp32 -> q [T, H, D], k [T, Hk, D]
+    _check(q, k, cos, sin)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    if t:
-        _rotary_kernel[(t, 2)](
-            q, k, cos, sin, q_out, k_out,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos.stride(0),
-            h, k.shape[1], d // 2,
-            BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(k.shape[1]),
-            BLOCK_HALF=triton.next_power_of_2(d // 2), **pdl_launch(q), num_warps=4,
-        )  # fmt: skip
+    if q.shape[0]:
+        _launch(q, k, k, cos, sin, q_out, k_out, None, None, None)
     return q_out, k_out
+
+
+def rotary_store_kv(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> torch.Tensor:
+    # q [T, H, D] · k, v [T, Hk, D] (strided views ok) · cos/sin [T, D/2] fp32 · caches
+    # [NB, BS, Hk, D] (any block/token/head strides) · slot_mapping [T] int (-1 = skip)
+    # -> rotated q [T, H, D]; rotated k and v written to their cache slots. One launch for what
+    # rotary + store_kv do in two (a decode step has one per layer fewer).
+    _check(q, k, cos, sin)
+    assert v.shape == k.shape and v.stride(-1) == 1, (
+        f"v: expected {tuple(k.shape)} with a unit last stride, got {tuple(v.shape)}"
+    )
+    assert k_cache.dim() == 4 and k_cache.shape[2:] == k.shape[1:], (
+        f"k_cache: expected [NB, BS, {k.shape[1]}, {k.shape[2]}], got {tuple(k_cache.shape)}"
+    )
+    check_cache_strides(k_cache, v_cache)
+    assert slot_mapping.shape == (q.shape[0],), (
+        f"slot_mapping: expected ({q.shape[0]},), got {tuple(slot_mapping.shape)}"
+    )
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if q.shape[0]:
+        _launch(q, k, v, cos, sin, q_out, q_out, k_cache, v_cache, slot_mapping)
+    return q_out

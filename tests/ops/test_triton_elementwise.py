@@ -62,6 +62,38 @@ def test_rotary(target, t, heads, kv_heads, head_dim):
     assert torch.equal(qkv, before)  # inputs untouched
 
 
+@pytest.mark.parametrize("head_major", [False, True])
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 4, 16), (6, 2, 24)])
+def test_rotary_store_kv(target, heads, kv_heads, head_dim, head_major):
+    """One launch = rotary, then store_kv: the same rotated q and the same cache contents, padded
+    rows (slot -1) write nothing, the fused qkv input stays untouched."""
+    from core.ops.triton_rotary import rotary_store_kv
+
+    device, dtype = target
+    t, num_blocks, block_size = 7, 4, 4
+    q_size, kv_size = heads * head_dim, kv_heads * head_dim
+    qkv = torch.randn(t, q_size + 2 * kv_size, device=device).to(dtype)
+    q, k, v = (x.view(t, -1, head_dim) for x in qkv.split([q_size, kv_size, kv_size], dim=-1))
+    angles = torch.rand(t, head_dim // 2, device=device) * 100
+    cos, sin = angles.cos(), angles.sin()
+    slots = torch.randperm(num_blocks * block_size)[:t]
+    slots[[2, 5]] = -1
+    slots = slots.to(device)
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    k_ref, v_ref = (torch.randn(shape, device=device).to(dtype) for _ in range(2))
+    k_cache, v_cache = k_ref.clone(), v_ref.clone()
+    if head_major:  # the same values stored [NB, Hk, BS, D], viewed as [NB, BS, Hk, D]
+        k_cache, v_cache = (c.permute(0, 2, 1, 3).contiguous().permute(0, 2, 1, 3)
+                            for c in (k_cache, v_cache))  # fmt: skip
+    before = qkv.clone()
+    q_out = rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, slots)
+    q_ref = reference.rotary_store_kv(q, k, v, cos, sin, k_ref, v_ref, slots)
+    assert q_out.shape == q.shape and rel_err(q_out, q_ref) < tolerance(dtype)
+    assert rel_err(k_cache, k_ref) < tolerance(dtype)
+    assert torch.equal(v_cache, v_ref)  # values are copied, not computed
+    assert torch.equal(qkv, before)
+
+
 @pytest.mark.parametrize("t, inter", [(1, 40), (4, 300), (2, 2500)])
 def test_silu_mul(target, t, inter):
     from core.ops.triton_activation import silu_mul

@@ -53,7 +53,6 @@ class InternLMAttention(nn.Module):
             tp, cfg.hidden_size, [q_size, kv_size, kv_size], cfg.bias, method, dtype
         )
         self.o_proj = row_linear(tp, q_size, cfg.hidden_size, cfg.bias, method, dtype)
-        self.rotary = kernels.get("rotary")
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, kernels)
         self.q_size, self.kv_size = q_size, kv_size
 
@@ -65,8 +64,7 @@ class InternLMAttention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)  # (T, H, D)
         k = k.view(-1, self.num_kv_heads, self.head_dim)  # (T, Hk, D)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(q, k, *rope)
-        out = self.attn(q, k, v, meta)  # (T, H, D)
+        out = self.attn(q, k, v, meta, rope)  # (T, H, D): RoPE applied as K/V are cached
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
