@@ -13,7 +13,6 @@ fp32 reference on fresh random x. Writes gemv-graph-<gpu>.csv and prints the bes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
@@ -61,28 +60,10 @@ def mma_candidates(m: int, k: int) -> list[awq_kernels.Config]:
             for t, w in MMA_TILES for sk in MMA_SPLITS.get(k, (1, 2, 4)) for pf, u in MMA_LOADS]  # fmt: skip
 
 
-# stream-K grids of the tensor-core GEMV: programs per SM, with the default's tiles and with
-# (block_n, num_warps, unroll)
-STREAM_PER_SM = (2, 4, 8)
-STREAM_TILES = ((32, 1, 2), (64, 2, 2), (128, 2, 1), (128, 4, 1))
-
-
-def stream_candidates(m: int, default: awq_kernels.Config) -> list[awq_kernels.Config]:
-    if m > awq_kernels.MMA_MAX_M:
-        return []
-    base = default if default.path == "mma" else C("mma", block_n=64, num_warps=2, unroll=2)
-    cfgs = [dataclasses.replace(base, split_k=1, stream_k=s) for s in STREAM_PER_SM]
-    cfgs += [C("mma", block_n=bn, num_warps=w, unroll=u, stream_k=s)
-             for bn, w, u in STREAM_TILES for s in (4, 8)]  # fmt: skip
-    return list(dict.fromkeys(cfgs))
-
-
 def candidates(m: int, n: int, k: int, paths: str = "all") -> list[awq_kernels.Config]:
     default = awq_kernels.default_config(m, n, k)
     if paths == "mma":  # the tensor-core GEMV against today's choice
         return [default] + [c for c in mma_candidates(m, k) if c != default]
-    if paths == "stream":  # stream-K grids against today's choice
-        return [default] + [c for c in stream_candidates(m, default) if c != default]
     if paths == "default":
         return [default]
     if m > awq_kernels.GEMV_MAX_M:
@@ -132,9 +113,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--ms", type=str, default="1,2,4,16")
-    parser.add_argument("--paths", choices=("all", "mma", "stream", "default"), default="all",
+    parser.add_argument("--paths", choices=("all", "mma", "default"), default="all",
                         help="mma: only the tensor-core GEMV against the default config; "
-                             "stream: its stream-K grids against the default; "
                              "default: the default config alone")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -67,8 +67,7 @@ class Config:
     """One launch configuration; ``path`` is "gemv", "mma", "fma", "dot", "dot_t" or "dequant".
 
     ``gemv`` reads block_n, num_warps, unroll and split_k (its M block is fixed by M);
-    ``mma`` block_n (16-row tiles, block_n / 16 / num_warps per warp), split_k or stream_k, unroll,
-    prefetch;
+    ``mma`` block_n (16-row tiles, block_n / 16 / num_warps per warp), split_k, unroll, prefetch;
     ``dequant`` block_n, num_warps and unroll (128-wide K chunks per program).
     """
 
@@ -81,7 +80,6 @@ class Config:
     unroll: int = 1  # 128-wide K chunks loaded per loop iteration (more loads in flight)
     split_k: int = 1  # programs sharing one output tile's K range (fp16 atomics; mma: in order)
     prefetch: bool = False  # gemv: load the next tile before this one's math (double-buffer)
-    stream_k: int = 0  # mma: programs per SM sharing all (row block, K chunk) units (0: split_k)
 
 
 # The prefill dequantize's launch (plugins/awq/dequant.py says which benchmark chose it).
@@ -363,7 +361,7 @@ def awq_gemm(
             return awq_mma_gemv(
                 x, qweight, scales, qzeros, group_size,
                 tiles=cfg.block_n // 16, num_warps=cfg.num_warps, split_k=cfg.split_k, prefetch=cfg.prefetch,
-                unroll=cfg.unroll, stream_k=cfg.stream_k,
+                unroll=cfg.unroll,
             )  # fmt: skip
         except MmaLayoutError as err:
             if config is not None:

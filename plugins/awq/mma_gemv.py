@@ -69,9 +69,6 @@ from plugins.awq.mma_ptx import (
 )
 from plugins.awq.reference import KCHUNK, PIECE
 
-# Stream-K (``stream_k`` programs per SM): fewest K chunks per program, so the partial sums stay
-# a small share of the work.
-MIN_STREAM_UNITS = 4
 # Batch rows one m16n8k16 pair covers (two n8 tiles); up to 8 one mma per K tile.
 MMA_MAX_M = 16
 MMA_GROUP = 128  # the per-chunk scale in fp32 needs one quantization group per 128-wide chunk
@@ -128,11 +125,9 @@ def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_x
 @triton.jit
 def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, last,
                     TILES: tl.constexpr, TPW: tl.constexpr, XB: tl.constexpr, ASM: tl.constexpr,
-                    UNROLL: tl.constexpr, PREFETCH: tl.constexpr, WAIT: tl.constexpr,
-                    USE_PDL: tl.constexpr):  # fmt: skip
+                    UNROLL: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
     """fp32 sums of row block ``rb`` (TILES 16-row tiles) over K chunks first .. last - 1, as
-    [8, T, 2, 16] accumulators (the mma's C fragments). WAIT: the PDL wait comes after the first
-    weight loads (the kernel's first row block)."""
+    [8, T, 2, 16] accumulators (the mma's C fragments)."""
     g4 = tl.arange(0, 8)[:, None, None, None]
     t4 = tl.arange(0, TILES)[None, :, None, None]
     h4 = tl.arange(0, 2)[None, None, :, None]
@@ -157,8 +152,7 @@ def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, 
         if UNROLL >= 4:
             p2 = _load_w(qw_ptrs + tl.minimum(first + 2, n_chunks - 1) * 16)
             p3 = _load_w(qw_ptrs + tl.minimum(first + 3, n_chunks - 1) * 16)
-    if WAIT:
-        pdl_wait(USE_PDL)  # PDL: the first weight tiles (no kernel writes weights) are in flight
+    pdl_wait(USE_PDL)  # PDL: the first weight tiles (no kernel writes weights) are in flight
     for chunk in range(first, last, UNROLL):
         # every tile's loads before the first one's math: UNROLL tiles in flight per warp
         if PREFETCH:
@@ -230,74 +224,33 @@ def _awq_mma_gemv_kernel(
     ASM: tl.constexpr,
     UNROLL: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
-    STREAM: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
     tile = TILES * 256  # fp32 sums per row block (one partial-sum slot)
     lin = _tile_index(TILES)
     n_chunks = K // 128
-    if not STREAM:  # grid (row blocks, splits): program (rb, k) sums split k of row block rb
-        rb = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        per_split = tl.cdiv(n_chunks, tl.num_programs(1))
-        first = pid_k * per_split
-        last = tl.minimum(first + per_split, n_chunks)
-        acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, last,
-                              TILES, TPW, XB, ASM, UNROLL, PREFETCH, True, USE_PDL)  # fmt: skip
-        pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
-        if not SPLIT:
-            _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
-        else:  # split-K: the last split to finish adds all partial sums, in split order
-            n_rb = tl.num_programs(0)
-            tl.store(ws_ptr + (pid_k * n_rb + rb) * tile + lin, acc)
-            tl.debug_barrier()  # every thread's partial sums are written before the arrival
-            arrived = tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel", scope="gpu")
-            if arrived == tl.num_programs(1) - 1:
-                total = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
-                for k in range(0, tl.num_programs(1)):  # a fixed order: the same sum every run
-                    part = ws_ptr + (k * n_rb + rb) * tile + lin
-                    total += tl.load(part, cache_modifier=".cg")  # from L2, where others wrote
-                _store_y(y_ptr, total, rb, M, N, stride_ym, TILES)
-                tl.atomic_xchg(cnt_ptr + rb, 0)  # counters are zero between launches
-    else:
-        # Stream-K: the (row block, chunk) units, row-block major, are cut into P equal ranges,
-        # one per program, so every SM gets the same work whatever the grid's shape. P >= row
-        # blocks (the launcher's guarantee), so a range meets at most two row blocks: segment 0
-        # (the end of one) and segment 1 (the start of the next). A row block whole in one
-        # range is stored directly; the others' partial sums go to slot (program, segment), and
-        # the last contributor adds them in program order (deterministic) and writes y.
-        p = tl.program_id(0)
-        n_prog = tl.num_programs(0)
-        units = tl.cdiv(N, TILES * 16) * n_chunks
-        u0 = p * units // n_prog
-        u1 = (p + 1) * units // n_prog
-        pdl_wait(USE_PDL)
-        for seg in tl.static_range(2):
-            rb = u0 // n_chunks + seg
-            lo = tl.maximum(u0, rb * n_chunks)
-            hi = tl.minimum(u1, (rb + 1) * n_chunks)
-            if lo < hi:
-                acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb,
-                                      lo - rb * n_chunks, hi - rb * n_chunks, TILES, TPW, XB,
-                                      ASM, UNROLL, PREFETCH, False, USE_PDL)  # fmt: skip
-                # programs holding this row block's first and last unit
-                p_first = ((rb * n_chunks + 1) * n_prog - 1) // units
-                p_last = ((rb + 1) * n_chunks * n_prog - 1) // units
-                if p_first == p_last:
-                    _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
-                else:
-                    tl.store(ws_ptr + (p * 2 + seg) * tile + lin, acc)
-                    tl.debug_barrier()  # every thread's partial sums are written first
-                    arrived = tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel", scope="gpu")
-                    if arrived == p_last - p_first:
-                        total = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
-                        for q in range(p_first, p_last + 1):  # program order: same bits
-                            s_q = rb - (q * units // n_prog) // n_chunks  # q's segment of rb
-                            part = ws_ptr + (q * 2 + s_q) * tile + lin
-                            total += tl.load(part, cache_modifier=".cg")
-                        _store_y(y_ptr, total, rb, M, N, stride_ym, TILES)
-                        tl.atomic_xchg(cnt_ptr + rb, 0)
-        pdl_release(USE_PDL)
+    rb = tl.program_id(0)  # grid (row blocks, splits): program (rb, k) sums split k of rb
+    pid_k = tl.program_id(1)
+    per_split = tl.cdiv(n_chunks, tl.num_programs(1))
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, n_chunks)
+    acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, last,
+                          TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL)  # fmt: skip
+    pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
+    if not SPLIT:
+        _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
+    else:  # split-K: the last split to finish adds all partial sums, in split order
+        n_rb = tl.num_programs(0)
+        tl.store(ws_ptr + (pid_k * n_rb + rb) * tile + lin, acc)
+        tl.debug_barrier()  # every thread's partial sums are written before the arrival
+        arrived = tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel", scope="gpu")
+        if arrived == tl.num_programs(1) - 1:
+            total = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
+            for k in range(0, tl.num_programs(1)):  # a fixed order: the same sum every run
+                part = ws_ptr + (k * n_rb + rb) * tile + lin
+                total += tl.load(part, cache_modifier=".cg")  # from L2, where the others wrote
+            _store_y(y_ptr, total, rb, M, N, stride_ym, TILES)
+            tl.atomic_xchg(cnt_ptr + rb, 0)  # counters are zero between launches
 
 
 @triton.jit
@@ -326,13 +279,11 @@ def awq_mma_gemv(
     asm: bool | None = None,
     prefetch: bool = False,
     unroll: int = 1,
-    stream_k: int = 0,
 ) -> torch.Tensor:
     """``x @ W^T`` for M <= 16 with mma.sync (inputs checked by kernels._check).
 
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/128, N] fp16 · qzeros [K/128, N/8]
-    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), tiles / num_warps 16-row tiles per warp;
-    #   stream_k > 0: grid (stream_k programs per SM,), equal shares of (row block, chunk) units
+    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), tiles / num_warps 16-row tiles per warp
     """
     assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
     m, k = x.shape
@@ -349,23 +300,14 @@ def awq_mma_gemv(
     asm = use_inline_asm(x.device) if asm is None else asm
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     row_blocks = triton.cdiv(n, 16 * tiles)
-    if stream_k > 0:
-        units = row_blocks * (k // KCHUNK)
-        # at least MIN_STREAM_UNITS chunks per program, and no fewer programs than row blocks
-        # (then a program's range meets at most two row blocks)
-        programs = max(row_blocks, min(stream_k * _num_sms(x.device), units // MIN_STREAM_UNITS))
-        grid = (min(programs, units),)
-        ws = torch.empty((grid[0], 2, 256 * tiles), device=x.device)  # fp32 partial sums
-    else:
-        grid = (row_blocks, split_k)
-        # split-K: fp32 partial sums of every split, and one arrival counter per row block
-        ws = torch.empty((split_k, row_blocks, 256 * tiles) if split_k > 1 else (1,),
-                         device=x.device)  # fmt: skip
+    grid = (row_blocks, split_k)
+    # split-K: fp32 partial sums of every split, and one arrival counter per row block
+    ws = torch.empty((split_k, row_blocks, 256 * tiles) if split_k > 1 else (1,), device=x.device)
     args = (x, qweight, scales, qzeros, y, ws, _counters(x.device, row_blocks), m, n, k,
             x.stride(0), y.stride(0))  # fmt: skip
     kwargs = dict(
         TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
-        PREFETCH=prefetch, STREAM=stream_k > 0,
+        PREFETCH=prefetch,
         **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
     if asm:
@@ -395,19 +337,6 @@ def _counters(device: torch.device, blocks: int) -> torch.Tensor:
 
 
 _checked: set[tuple] = set()
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device``; 1 under the interpreter, so that a CPU test's
-    ``stream_k`` is the program count itself."""
-    if device.type != "cuda":
-        return 1
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache

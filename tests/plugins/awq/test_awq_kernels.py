@@ -222,51 +222,6 @@ def test_mma_gemv_twin_matches_reference(m, awq_weight):
     assert not _counter_buffers[("cpu", None)].any()
 
 
-# stream-K launches: (tiles, warps, stream_k, prefetch, unroll, MIN_STREAM_UNITS); on the CPU
-# stream_k is the program count (row blocks at least, units / MIN_STREAM_UNITS at most), so
-# ranges start and end inside row blocks, one row block spans up to five programs
-STREAM_CASES = [
-    (1, 1, 14, False, 1, 4), (1, 1, 40, False, 2, 1), (2, 2, 8, True, 2, 4),
-    (2, 1, 30, False, 1, 1), (4, 2, 3, False, 4, 1),
-]  # fmt: skip
-
-
-@interpreted
-@pytest.mark.parametrize("m", [1, 9, 16])
-def test_mma_gemv_stream_k_twin_matches_reference(m, awq_weight, monkeypatch):
-    from plugins.awq import mma_gemv
-
-    n, k = 200, 640
-    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=500 + m)
-    x = torch.randn(m, k).half()
-    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 128)
-    for tiles, warps, stream_k, prefetch, unroll, min_units in STREAM_CASES:
-        monkeypatch.setattr(mma_gemv, "MIN_STREAM_UNITS", min_units)
-        y = mma_gemv.awq_mma_gemv(x, qweight, scales, qzeros, 128, tiles=tiles, num_warps=warps,
-                                  stream_k=stream_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
-        assert _rel_err(y, ref) < 2e-3, (tiles, stream_k, _rel_err(y, ref))
-    assert not mma_gemv._counter_buffers[("cpu", None)].any()
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("m", [1, 8, 16])
-def test_mma_gemv_stream_k_inline_ptx_matches_reference(m, awq_weight, monkeypatch):
-    from plugins.awq import mma_gemv
-
-    n, k = 1000, 1536
-    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=600 + m, device="cuda")
-    x = torch.randn(m, k, device="cuda").half()
-    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 128)
-    for tiles, warps, stream_k, prefetch, unroll, min_units in STREAM_CASES:
-        monkeypatch.setattr(mma_gemv, "MIN_STREAM_UNITS", min_units)
-        kw = dict(tiles=tiles, num_warps=warps, stream_k=stream_k, prefetch=prefetch, unroll=unroll)
-        y = mma_gemv.awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw)
-        torch.cuda.synchronize()
-        assert _rel_err(y, ref) < 1e-3, (tiles, stream_k, _rel_err(y, ref))
-        assert torch.equal(mma_gemv.awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw), y)
-
-
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
