@@ -33,10 +33,10 @@ fragment), so the epilogue stores element (g, tile, h, c) to y[b, n]. Scales are
 chunk in fp32 (GROUP 128), so the tensor cores sum exact (q - z) * x. Rows past N and batch rows
 past M load a valid row again instead of masking (no zero-filling); they are never stored.
 
-Split-K (grid axis 1) is deterministic: each split stores its fp32 partial sums, and the last
-split of a row block to arrive (an atomic counter, reset by that split) adds them in split order
-and writes y, so a launch gives the same bits every run and needs no zeroed output. Measured the
-same speed as fp16 atomics into a zeroed y (bench/results/gemv-graph-h200-deterministic.csv).
+Split-K (grid axis 1) is deterministic (plugins/awq/split_k.py): each split stores its fp32
+partial sums, and the last split of a row block to arrive adds them in split order and writes y.
+Measured the same speed as fp16 atomics into a zeroed y
+(bench/results/gemv-graph-h200-deterministic.csv).
 
 Under ``TRITON_INTERPRET=1`` (CPU) inline PTX cannot run: ``ASM=False`` computes the same
 accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
@@ -68,6 +68,7 @@ from plugins.awq.mma_ptx import (
     mma_layout_ok,
 )
 from plugins.awq.reference import KCHUNK, PIECE
+from plugins.awq.split_k import arrival_counters, arrive, sum_splits
 
 # Batch rows one m16n8k16 pair covers (two n8 tiles); up to 8 one mma per K tile.
 MMA_MAX_M = 16
@@ -226,7 +227,6 @@ def _awq_mma_gemv_kernel(
     PREFETCH: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
 ):
-    tile = TILES * 256  # fp32 sums per row block (one partial-sum slot)
     lin = _tile_index(TILES)
     n_chunks = K // 128
     rb = tl.program_id(0)  # grid (row blocks, splits): program (rb, k) sums split k of rb
@@ -240,17 +240,9 @@ def _awq_mma_gemv_kernel(
     if not SPLIT:
         _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
     else:  # split-K: the last split to finish adds all partial sums, in split order
-        n_rb = tl.num_programs(0)
-        tl.store(ws_ptr + (pid_k * n_rb + rb) * tile + lin, acc)
-        tl.debug_barrier()  # every thread's partial sums are written before the arrival
-        arrived = tl.atomic_add(cnt_ptr + rb, 1, sem="acq_rel", scope="gpu")
-        if arrived == tl.num_programs(1) - 1:
-            total = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
-            for k in range(0, tl.num_programs(1)):  # a fixed order: the same sum every run
-                part = ws_ptr + (k * n_rb + rb) * tile + lin
-                total += tl.load(part, cache_modifier=".cg")  # from L2, where the others wrote
+        if arrive(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256):
+            total = sum_splits(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256)
             _store_y(y_ptr, total, rb, M, N, stride_ym, TILES)
-            tl.atomic_xchg(cnt_ptr + rb, 0)  # counters are zero between launches
 
 
 @triton.jit
@@ -303,7 +295,7 @@ def awq_mma_gemv(
     grid = (row_blocks, split_k)
     # split-K: fp32 partial sums of every split, and one arrival counter per row block
     ws = torch.empty((split_k, row_blocks, 256 * tiles) if split_k > 1 else (1,), device=x.device)
-    args = (x, qweight, scales, qzeros, y, ws, _counters(x.device, row_blocks), m, n, k,
+    args = (x, qweight, scales, qzeros, y, ws, arrival_counters(x.device, row_blocks), m, n, k,
             x.stride(0), y.stride(0))  # fmt: skip
     kwargs = dict(
         TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
@@ -314,26 +306,6 @@ def awq_mma_gemv(
         _check_layout(args, kwargs, num_warps)
     _awq_mma_gemv_kernel[grid](*args, **kwargs)
     return y
-
-
-# Arrival counters of split-K launches, per device: zero between launches (the last arrival
-# resets its own), so one buffer serves every launch of a stream, graph replays included. Kept
-# for the process's life: captured CUDA graphs hold its address.
-_COUNTERS = 1 << 16
-_counter_buffers: dict[tuple[str, int | None], torch.Tensor] = {}
-
-
-def _counters(device: torch.device, blocks: int) -> torch.Tensor:
-    assert blocks <= _COUNTERS, f"{blocks} row blocks: at most {_COUNTERS} per launch"
-    key = (device.type, device.index)
-    if key not in _counter_buffers:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "the tensor-core GEMV's first split-K launch on a device is being captured in a "
-                "CUDA graph; run it once before capturing (as the engine's warm-up does)"
-            )
-        _counter_buffers[key] = torch.zeros(_COUNTERS, dtype=torch.int32, device=device)
-    return _counter_buffers[key]
 
 
 _checked: set[tuple] = set()

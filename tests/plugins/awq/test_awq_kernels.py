@@ -205,7 +205,8 @@ MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 lea
 @interpreted
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16])
 def test_mma_gemv_twin_matches_reference(m, awq_weight):
-    from plugins.awq.mma_gemv import _counter_buffers, awq_mma_gemv
+    from plugins.awq.mma_gemv import awq_mma_gemv
+    from plugins.awq.split_k import _buffers
 
     # the interpreter runs the plain-Triton twin: same grid, split-K, clamped loads and the
     # epilogue that maps the mma's accumulator fragment to y[batch row, weight row]
@@ -219,7 +220,7 @@ def test_mma_gemv_twin_matches_reference(m, awq_weight):
         assert y.shape == (m, n)
         assert _rel_err(y, ref) < 2e-3, (tiles, split_k, _rel_err(y, ref))
     # the last split of each row block summed the partials and reset its arrival counter
-    assert not _counter_buffers[("cpu", None)].any()
+    assert not _buffers[("cpu", None)].any()
 
 
 @pytest.mark.gpu
