@@ -62,6 +62,9 @@ QROWS = tl.constexpr(16)  # rows of the query tile: tl.dot's smallest M
 # Merge the partials in the split kernel (last arriver) rather than in a second kernel: on an
 # H100 at batch 1, S=14, 0.8-1.7 us less per layer (11.1 vs 11.9 us at 256 context, 21.8 vs
 # 22.5 at 1024, 52.6 vs 54.3 at 4096; bench/ops.py "triton-fused" vs "triton-2kernel" rows).
+# With the tl.dot split kernel on an H200 it is no longer clearly ahead: fused / two kernels
+# 8.4 / 6.9 us at 256 context, 11.9 / 11.7 at 1024, 25.7 / 26.0 at 4096
+# (bench/results/ops-decode-b1-h200.log); not re-decided end to end yet.
 FUSED_REDUCE = True
 # Arrival counters allocated at least this many at a time (256 KiB): B * H of them are needed,
 # and one buffer then serves every batch size the engine captures.
