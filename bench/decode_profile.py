@@ -98,6 +98,10 @@ def run(cfg) -> list[dict]:
     name, out_dir = gpu_name(), Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{name} | {versions()}")
+    if not cfg.engine.cuda_graphs:
+        raise SystemExit(
+            "decode_profile profiles the decode CUDA graphs: set engine.cuda_graphs=true"
+        )
     cfg.engine.max_batch_size = max(cfg.engine.max_batch_size, max(cfg.concurrency))
     engine = Engine(cfg)
     prompt, steps = (int(v) for v in cfg.token_pairs[0])
