@@ -41,7 +41,8 @@ def store_kv(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    # k, v [T, Hk, D] (strided views ok) · caches [NB, BS, Hk, D] (any block/token/head strides) · slot_mapping [T] int (-1 = skip)
+    # k, v [T, Hk, D] (strided views ok) · caches [NB, BS, Hk, D] (any block/token/head strides)
+    # · slot_mapping [T] int (-1 = skip)
     t, hk, d = k.shape
     assert v.shape == k.shape, f"v: expected {tuple(k.shape)}, got {tuple(v.shape)}"
     assert k_cache.dim() == 4 and k_cache.shape[2:] == (hk, d), (
