@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from bench.gemv_graph import COPIES, graph_time_us
-from bench.hardware import copy_bandwidth, gpu_slug, versions
-from bench.kernels import GROUP, LAYERS, SHAPES, awq_bytes, make_awq_layer
+from bench.gemv_graph import COPIES, announce, config_time_us
+from bench.hardware import gpu_slug
+from bench.kernels import LAYERS, SHAPES, awq_bytes, make_awq_layer
 from bench.sweep import write_csv
 from plugins.awq import kernels as awq_kernels
 
@@ -52,9 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    gpu = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
-    print(f"GPU {gpu} | {versions()} | copy bandwidth {bw / 1e12:.3f} TB/s", flush=True)
+    gpu, bw = announce()
     rows, fixed_total = [], {}
     for name, (k_real, sizes) in SHAPES.items():
         n = sum(sizes)
@@ -64,14 +62,7 @@ def main() -> None:
             for k in k_values(k_real, cfg.split_k):
                 layers = [make_awq_layer(k, sizes) for _ in range(COPIES)]
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-
-                def run(layers=layers, x=x, cfg=cfg):
-                    for lay in layers:
-                        awq_kernels.awq_gemm(
-                            x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg
-                        )
-
-                points.append((k, awq_bytes(k, n), graph_time_us(run)))
+                points.append((k, awq_bytes(k, n), config_time_us(cfg, x, layers)))
                 del layers
                 torch.cuda.empty_cache()
             fixed, slope = fit_line([p[1] for p in points], [p[2] for p in points])

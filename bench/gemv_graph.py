@@ -109,6 +109,24 @@ def graph_time_us(fn) -> float:
     return median_replay_ms(g, REPLAYS) * 1e3 / COPIES
 
 
+def config_time_us(cfg: awq_kernels.Config, x: torch.Tensor, layers: list) -> float:
+    """Per-layer time of ``cfg`` over ``layers`` (distinct weights of one shape) in a CUDA graph."""
+
+    def run():
+        for lay in layers:
+            awq_kernels.awq_gemm(x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg)
+
+    return graph_time_us(run)
+
+
+def announce() -> tuple[str, float]:
+    """Print and return the GPU's name and its copy bandwidth (bytes/s), measured now."""
+    gpu = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    print(f"GPU {gpu} | {versions()} | copy bandwidth {bw / 1e12:.3f} TB/s", flush=True)
+    return gpu, bw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -119,9 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    gpu = torch.cuda.get_device_name()
-    bw = copy_bandwidth()
-    print(f"GPU {gpu} | {versions()} | copy bandwidth {bw / 1e12:.3f} TB/s", flush=True)
+    gpu, bw = announce()
     rows = []
     for name, (k, sizes) in SHAPES.items():
         layers = [make_awq_layer(k, sizes) for _ in range(COPIES)]
@@ -132,13 +148,6 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             ref = x.float() @ w.float().t()
             for cfg in candidates(m, n, k, args.paths):
-
-                def run(cfg=cfg, x=x, layers=layers):
-                    for lay in layers:
-                        awq_kernels.awq_gemm(
-                            x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg
-                        )
-
                 try:
                     y = awq_kernels.awq_gemm(
                         x, layers[0].qweight, layers[0].scales, layers[0].qzeros, GROUP, config=cfg
@@ -146,7 +155,7 @@ def main() -> None:
                     err = ((y.float() - ref).norm() / ref.norm()).item()
                     if not err < 2e-3:
                         raise AssertionError(f"rel err {err:.2e}")
-                    t = graph_time_us(run)
+                    t = config_time_us(cfg, x, layers)
                 except Exception as e:  # keep sweeping; the row records the failure
                     print(f"  {name} M={m} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
                     t, err = math.inf, math.nan
