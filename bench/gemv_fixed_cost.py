@@ -39,6 +39,12 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+def fit_launch(nbytes: list[float], times_us: list[float]) -> tuple[float, float]:
+    """(fixed microseconds per launch, streaming rate in bytes per second) of timings at sizes."""
+    fixed, slope = fit_line(nbytes, times_us)  # slope: microseconds per byte
+    return fixed, (1e6 / slope if slope > 0 else float("inf"))
+
+
 def k_values(k: int, split_k: int) -> list[int]:
     """K values below the real one: multiples of 128 x split_k (each split keeps whole chunks)."""
     step = 128 * max(1, split_k)
@@ -65,8 +71,7 @@ def main() -> None:
                 points.append((k, awq_bytes(k, n), config_time_us(cfg, x, layers)))
                 del layers
                 torch.cuda.empty_cache()
-            fixed, slope = fit_line([p[1] for p in points], [p[2] for p in points])
-            rate = 1e-6 / slope if slope > 0 else float("inf")  # bytes per second
+            fixed, rate = fit_launch([p[1] for p in points], [p[2] for p in points])
             fixed_total[m] = fixed_total.get(m, 0.0) + fixed
             for k, nbytes, t in points:
                 rows.append(dict(shape=name, M=m, K=k, config=repr(cfg), bytes=nbytes, time_us=t,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gemv_fixed_cost import fit_line, k_values
+from bench.gemv_fixed_cost import fit_launch, fit_line, k_values
 
 
 def test_fit_line_recovers_a_fixed_cost_and_a_rate():
@@ -14,6 +14,13 @@ def test_fit_line_recovers_a_fixed_cost_and_a_rate():
     fixed, slope = fit_line(xs, ys)
     assert fixed == pytest.approx(6.0)
     assert 1 / slope == pytest.approx(3.45e6)
+
+
+def test_fit_launch_reports_microseconds_and_bytes_per_second():
+    nbytes = [10e6, 20e6, 40e6]
+    fixed, rate = fit_launch(nbytes, [6.0 + b / 3.45e12 * 1e6 for b in nbytes])
+    assert fixed == pytest.approx(6.0)
+    assert rate == pytest.approx(3.45e12)
 
 
 def test_fit_line_needs_two_distinct_points():
