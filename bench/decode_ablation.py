@@ -1,0 +1,148 @@
+"""nybble-bench task=decode_ablation: what each small op costs a decode step, by leaving it out.
+
+Kernel durations from the profiler (task=decode_profile) overlap under programmatic dependent
+launch, so they cannot say what a fusion would save. Here the decode CUDA graphs are captured
+again with one op replaced by a shape-preserving stand-in that launches nothing (or, for ``rope``,
+the plain KV write in place of the fused rotary + KV write), and the graph's replay time is
+compared with the full graph's at the same batch and context: the difference is the most that
+fusing the op away, or making it free, can save. The stand-ins compute nonsense (tokens are
+sampled greedily so NaN logits do no harm); only the timings mean anything. CUDA only.
+
+Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope`` the rotation inside the KV write;
+``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch.
+Writes decode_ablation-<gpu>.csv: one row per batch and ablation, with the full graph's time,
+the saving per step and, where launches go away, per launch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.graph_timing import median_replay_ms
+from bench.hardware import gpu_name, gpu_slug, versions
+from bench.sweep import write_csv
+from core.engine import Engine
+from core.layers.activation import SiluAndMul
+from core.layers.attention import PagedAttention
+from core.layers.rmsnorm import RMSNorm
+from core.sampling_params import SamplingParams
+
+COLUMNS = ["batch", "context", "ablated", "graph_ms", "full_ms", "saved_ms", "launches_removed",
+           "saved_us_per_launch"]  # fmt: skip
+
+
+def _halve(x: torch.Tensor) -> torch.Tensor:
+    return x[:, : x.shape[1] // 2]  # the gate half: [T, 2I] -> [T, I], a view, no launch
+
+
+def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
+    """The op attributes of ``module`` that ``ablation`` replaces, with their stand-ins."""
+    if ablation == "silu_mul" and isinstance(module, SiluAndMul):
+        return {"_op": _halve}
+    if ablation == "norm" and isinstance(module, RMSNorm):
+        return {"_norm": lambda x, w, eps: x, "_add_norm": lambda x, res, w, eps: (x, res)}
+    if isinstance(module, PagedAttention):
+        if ablation == "attention":
+            return {"_attend": lambda q, k_cache, v_cache, meta, scale: q}
+        if ablation == "rope":
+            store = module._store
+
+            def store_only(q, k, v, cos, sin, k_cache, v_cache, slots):
+                store(k, v, k_cache, v_cache, slots)
+                return q
+
+            return {"_rope_store": store_only}
+    return None
+
+
+# ablation -> whether its stand-in removes the op's launches (rope keeps the KV write's)
+ABLATIONS = {"silu_mul": True, "rope": False, "norm": True, "attention": True}
+
+
+def ablate(model: nn.Module, ablation: str) -> Callable[[], None]:
+    """Swap ``ablation``'s ops in every module of ``model`` for their stand-ins; returns the
+    function that puts the originals back. Raises if the model has no such op."""
+    if ablation not in ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    saved: list[tuple[nn.Module, str, Callable]] = []
+    for module in model.modules():
+        for name, stand_in in (_stand_ins(module, ablation) or {}).items():
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, stand_in)
+    if not saved:
+        raise ValueError(f"the model has no {ablation} op to leave out")
+
+    def restore() -> None:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+    return restore
+
+
+def launches_removed(model: nn.Module, ablation: str) -> int:
+    """Kernel launches per forward that ``ablation`` takes away (one per replaced module)."""
+    if not ABLATIONS[ablation]:
+        return 0
+    return sum(_stand_ins(m, ablation) is not None for m in model.modules())
+
+
+def replay_ms(engine: Engine, batch: int, prompt: int, steps: int, seed: int) -> float:
+    """Decode ``batch`` greedy requests to context prompt + steps, time that graph's replay."""
+    params = SamplingParams(temperature=0.0, max_tokens=steps + 2, ignore_eos=True)
+    rng = np.random.default_rng([seed, batch])
+    vocab = engine.model_config.vocab_size
+    for i in range(batch):
+        engine.add_request(rng.integers(3, min(vocab, 100_000), prompt).tolist(), params, f"a{i}")
+    for _ in range(steps + 1):  # prefill, then decode up to the timed context
+        engine.step()
+    graphs = engine.runner.graphs
+    graph = graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+    ms = min(median_replay_ms(graph, 50) for _ in range(3))
+    while engine.has_unfinished():
+        engine.step()
+    return ms
+
+
+def run(cfg) -> list[dict]:
+    if not torch.cuda.is_available() or cfg.engine.device == "cpu":
+        raise SystemExit("decode_ablation times the decode CUDA graphs: it needs a CUDA GPU")
+    if not cfg.engine.cuda_graphs:
+        raise SystemExit(
+            "decode_ablation times the decode CUDA graphs: set engine.cuda_graphs=true"
+        )
+    name, out_dir = gpu_name(), Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"{name} | {versions()}")
+    cfg.engine.max_batch_size = max(cfg.engine.max_batch_size, max(cfg.concurrency))
+    engine = Engine(cfg)
+    model, graphs = engine.runner.model, engine.runner.graphs
+    prompt, steps = (int(v) for v in cfg.token_pairs[0])
+    full = {b: replay_ms(engine, b, prompt, steps, cfg.seed) for b in cfg.concurrency}
+    rows = []
+    for ablation in ABLATIONS:
+        restore = ablate(model, ablation)
+        try:
+            graphs.capture()  # the same sizes again, without the op
+            times = {b: replay_ms(engine, b, prompt, steps, cfg.seed) for b in cfg.concurrency}
+        finally:
+            restore()
+        n = launches_removed(model, ablation)
+        for b, ms in times.items():
+            saved = full[b] - ms
+            rows.append({"batch": b, "context": prompt + steps, "ablated": ablation,
+                         "graph_ms": ms, "full_ms": full[b], "saved_ms": saved,
+                         "launches_removed": n,
+                         "saved_us_per_launch": saved * 1e3 / n if n else float("nan")})  # fmt: skip
+            per = f", {saved * 1e3 / n:.2f} us per launch removed ({n})" if n else ""
+            print(f"batch {b:3d} context {prompt + steps}: without {ablation:9s} "
+                  f"{ms:.3f} ms (full {full[b]:.3f}): {saved:+.3f} ms{per}", flush=True)  # fmt: skip
+    graphs.capture()  # leave the engine as it was
+    path = out_dir / f"decode_ablation-{gpu_slug(name)}.csv"
+    write_csv(rows, COLUMNS, path)
+    print(f"wrote {path}")
+    return rows

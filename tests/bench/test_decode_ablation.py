@@ -1,0 +1,74 @@
+"""decode_ablation: its stand-ins take the right ops out of a real model and put them back (the
+timing itself needs a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import decode_ablation
+from core.compose import compose_config
+from tests.engine_fixtures import PROMPTS, greedy, make_engine, run_all
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return make_engine()
+
+
+def _logits(engine) -> torch.Tensor:
+    """Greedy tokens of a few prompts and their logprobs (what an ablation changes)."""
+    for i, p in enumerate(PROMPTS[:3]):
+        engine.add_request(p, greedy(4, logprobs=0), f"t{i}")
+    done = run_all(engine)
+    return torch.tensor([[(lp.token_id, lp.logprob) for lp in done[f"t{i}"].outputs[0].logprobs]
+                         for i in range(3)])  # fmt: skip
+
+
+@pytest.mark.parametrize("ablation, per_layer, extra", [
+    ("silu_mul", 1, 0), ("norm", 2, 1), ("attention", 1, 0), ("rope", 0, 0),
+])  # fmt: skip
+def test_each_ablation_replaces_its_ops_and_restores_them(engine, ablation, per_layer, extra):
+    model = engine.runner.model
+    layers = engine.model_config.num_layers
+    before = _logits(engine)
+    originals = {id(m): dict(vars(m)) for m in model.modules()}
+    restore = decode_ablation.ablate(model, ablation)
+    try:
+        changed = [m for m in model.modules() if any(
+            vars(m).get(k) is not v for k, v in originals[id(m)].items() if k.startswith("_"))]  # fmt: skip
+        assert changed, "nothing was replaced"
+        assert decode_ablation.launches_removed(model, ablation) == per_layer * layers + extra
+        assert not torch.equal(_logits(engine), before), "leaving the op out changed nothing"
+    finally:
+        restore()
+    assert torch.equal(_logits(engine), before)
+    for m in model.modules():  # every op is the original object again
+        for k, v in originals[id(m)].items():
+            assert vars(m).get(k) is v, (type(m).__name__, k)
+
+
+def test_stand_ins_keep_shapes(engine):
+    model = engine.runner.model
+    x = torch.randn(3, 2 * 128)
+    restore = decode_ablation.ablate(model, "silu_mul")
+    try:
+        act = next(m for m in model.modules() if type(m).__name__ == "SiluAndMul")
+        assert act(x).shape == (3, 128)
+    finally:
+        restore()
+
+
+def test_an_unknown_ablation_names_the_choices(engine):
+    with pytest.raises(ValueError, match="unknown ablation 'lm_head': one of silu_mul, rope"):
+        decode_ablation.ablate(engine.runner.model, "lm_head")
+
+
+def test_on_the_cpu_it_says_it_needs_a_gpu(tmp_path):
+    cfg = compose_config(
+        ["task=decode_ablation", "model=internlm-tiny", "engine.device=cpu",
+         f"output_dir={tmp_path}"],
+        config_name="bench",
+    )  # fmt: skip
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        decode_ablation.run(cfg)
