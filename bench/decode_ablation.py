@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
+from bench.decode_profile import decode_to_context
 from bench.graph_timing import median_replay_ms
 from bench.hardware import gpu_name, gpu_slug, versions
 from bench.sweep import write_csv
@@ -94,14 +94,7 @@ def launches_removed(model: nn.Module, ablation: str) -> int:
 def replay_ms(engine: Engine, batch: int, prompt: int, steps: int, seed: int) -> float:
     """Decode ``batch`` greedy requests to context prompt + steps, time that graph's replay."""
     params = SamplingParams(temperature=0.0, max_tokens=steps + 2, ignore_eos=True)
-    rng = np.random.default_rng([seed, batch])
-    vocab = engine.model_config.vocab_size
-    for i in range(batch):
-        engine.add_request(rng.integers(3, min(vocab, 100_000), prompt).tolist(), params, f"a{i}")
-    for _ in range(steps + 1):  # prefill, then decode up to the timed context
-        engine.step()
-    graphs = engine.runner.graphs
-    graph = graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+    graph = decode_to_context(engine, batch, prompt, steps, params, seed)
     ms = min(median_replay_ms(graph, 50) for _ in range(3))
     while engine.has_unfinished():
         engine.step()

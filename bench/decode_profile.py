@@ -67,17 +67,25 @@ def profile_graph(graph: torch.cuda.CUDAGraph, replays: int) -> dict[str, tuple[
     return {k: (v[0], v[1]) for k, v in acc.items()}
 
 
-def measure(engine: Engine, batch: int, prompt: int, steps: int, cfg, replays: int) -> list[dict]:
-    params = SamplingParams.from_defaults(cfg.sampling, max_tokens=steps + 2, ignore_eos=True)
-    rng = np.random.default_rng([cfg.seed, batch])
+def decode_to_context(
+    engine: Engine, batch: int, prompt: int, steps: int, params: SamplingParams, seed: int
+) -> torch.cuda.CUDAGraph:
+    """Start ``batch`` random ``prompt``-token requests and decode ``steps`` steps; the decode
+    graph that ran last (replaying it repeats that step: same context, same kernels). The
+    requests are left running (``params.max_tokens`` > steps): step the engine to finish them."""
+    rng = np.random.default_rng([seed, batch])
     vocab = engine.model_config.vocab_size
     for i in range(batch):
         engine.add_request(rng.integers(3, min(vocab, 100_000), prompt).tolist(), params, f"p{i}")
-    for _ in range(steps + 1):  # prefill, then decode up to the profiled context
+    for _ in range(steps + 1):  # prefill, then decode up to the context
         engine.step()
     graphs = engine.runner.graphs
-    bs = next(s for s in graphs.sizes if s >= batch)
-    graph = graphs.graphs[bs]  # replays the last step's inputs: same context, same kernels
+    return graphs.graphs[next(s for s in graphs.sizes if s >= batch)]
+
+
+def measure(engine: Engine, batch: int, prompt: int, steps: int, cfg, replays: int) -> list[dict]:
+    params = SamplingParams.from_defaults(cfg.sampling, max_tokens=steps + 2, ignore_eos=True)
+    graph = decode_to_context(engine, batch, prompt, steps, params, cfg.seed)
     graph_ms = median_replay_ms(graph, 50)
     kernels = profile_graph(graph, replays)
     while engine.has_unfinished():

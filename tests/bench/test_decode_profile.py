@@ -1,10 +1,11 @@
-"""decode_profile: kernel names fall into the groups its table reports; it needs a GPU."""
+"""decode_profile: kernel names fall into the groups its table reports; it and decode_ablation
+need a GPU."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import decode_profile
+from bench import decode_ablation, decode_profile
 from core.compose import compose_config
 
 # kernel names as torch.profiler reported them inside an H200 decode graph
@@ -32,11 +33,12 @@ def test_kernels_fall_into_their_groups(name, group):
     assert decode_profile.group_of(name) == group
 
 
-def test_on_the_cpu_it_says_it_needs_a_gpu(tmp_path):
+@pytest.mark.parametrize("task", [decode_profile, decode_ablation])
+def test_on_the_cpu_it_says_it_needs_a_gpu(tmp_path, task):
     cfg = compose_config(
-        ["task=decode_profile", "model=internlm-tiny", "engine.device=cpu",
+        [f"task={task.__name__.split('.')[-1]}", "model=internlm-tiny", "engine.device=cpu",
          f"output_dir={tmp_path}"],
         config_name="bench",
     )  # fmt: skip
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
-        decode_profile.run(cfg)
+        task.run(cfg)
