@@ -9,7 +9,11 @@ fusing the op away, or making it free, can save. The stand-ins compute nonsense 
 sampled greedily so NaN logits do no harm); only the timings mean anything. CUDA only.
 
 Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope`` the rotation inside the KV write;
-``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch.
+``rope_store`` the whole rotary + KV write launch (attention reads a cache without the new token);
+``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch;
+``split_k_sum`` the tensor-core GEMV's split-K reduction (plugins/awq/split_k.py: each split
+stores its fp32 partial sums and exits, nobody adds them, y is left unwritten): the most that
+adding the partials elsewhere (in the kernel that reads y) could save.
 Writes decode_ablation-<gpu>.csv: one row per batch and ablation, with the full graph's time,
 the saving per step and, where launches go away, per launch.
 """
@@ -20,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 from torch import nn
 
 from bench.decode_profile import decode_to_context
@@ -30,7 +36,9 @@ from core.engine import Engine
 from core.layers.activation import SiluAndMul
 from core.layers.attention import PagedAttention
 from core.layers.rmsnorm import RMSNorm
+from core.ops.triton_pdl import pdl_release
 from core.sampling_params import SamplingParams
+from plugins.awq import mma_gemv
 
 COLUMNS = ["batch", "context", "ablated", "graph_ms", "full_ms", "saved_ms", "launches_removed",
            "saved_us_per_launch"]  # fmt: skip
@@ -49,6 +57,8 @@ def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
     if isinstance(module, PagedAttention):
         if ablation == "attention":
             return {"_attend": lambda q, k_cache, v_cache, meta, scale: q}
+        if ablation == "rope_store":
+            return {"_rope_store": lambda q, k, v, cos, sin, k_cache, v_cache, slots: q}
         if ablation == "rope":
             store = module._store
 
@@ -60,8 +70,43 @@ def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
     return None
 
 
-# ablation -> whether its stand-in removes the op's launches (rope keeps the KV write's)
-ABLATIONS = {"silu_mul": True, "rope": False, "norm": True, "attention": True}
+@triton.jit
+def _partials_only_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
+                          stride_xm, stride_ym, TILES: tl.constexpr, TPW: tl.constexpr,
+                          XB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
+                          UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
+                          USE_PDL: tl.constexpr = False):  # fmt: skip
+    """The tensor-core GEMV (same arguments, main loop and release) with split-K programs that
+    store their partial sums and exit: no arrival counter, no sum, y unwritten."""
+    rb, pid_k = tl.program_id(0), tl.program_id(1)
+    per_split = tl.cdiv(K // 128, tl.num_programs(1))
+    first = pid_k * per_split
+    last = tl.minimum(first + per_split, K // 128)
+    acc = mma_gemv._row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first,
+                                   last, TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL)  # fmt: skip
+    pdl_release(USE_PDL)
+    if not SPLIT:
+        mma_gemv._store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
+    else:
+        slot = (pid_k * tl.num_programs(0) + rb) * (TILES * 256)
+        tl.store(ws_ptr + slot + mma_gemv._tile_index(TILES), acc)
+
+
+def _swap_gemv_kernel() -> Callable[[], None]:
+    """``split_k_sum``: the tensor-core GEMV launches the partials-only kernel until restored."""
+    original = mma_gemv._awq_mma_gemv_kernel
+    mma_gemv._awq_mma_gemv_kernel = _partials_only_kernel
+
+    def restore() -> None:
+        mma_gemv._awq_mma_gemv_kernel = original
+
+    return restore
+
+
+# ablation -> whether its stand-in removes the op's launches (rope keeps the KV write's, and
+# split_k_sum the GEMV's)
+ABLATIONS = {"silu_mul": True, "rope": False, "rope_store": True, "norm": True,
+             "attention": True, "split_k_sum": False}  # fmt: skip
 
 
 def ablate(model: nn.Module, ablation: str) -> Callable[[], None]:
@@ -69,6 +114,8 @@ def ablate(model: nn.Module, ablation: str) -> Callable[[], None]:
     function that puts the originals back. Raises if the model has no such op."""
     if ablation not in ABLATIONS:
         raise ValueError(f"unknown ablation {ablation!r}: one of {', '.join(ABLATIONS)}")
+    if ablation == "split_k_sum":  # a kernel, not a module's op: every AWQ layer at once
+        return _swap_gemv_kernel()
     saved: list[tuple[nn.Module, str, Callable]] = []
     for module in model.modules():
         for name, stand_in in (_stand_ins(module, ablation) or {}).items():

@@ -25,7 +25,7 @@ def _logits(engine) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("ablation, per_layer, extra", [
-    ("silu_mul", 1, 0), ("norm", 2, 1), ("attention", 1, 0), ("rope", 0, 0),
+    ("silu_mul", 1, 0), ("norm", 2, 1), ("attention", 1, 0), ("rope", 0, 0), ("rope_store", 1, 0),
 ])  # fmt: skip
 def test_each_ablation_replaces_its_ops_and_restores_them(engine, ablation, per_layer, extra):
     model = engine.runner.model
@@ -45,6 +45,22 @@ def test_each_ablation_replaces_its_ops_and_restores_them(engine, ablation, per_
     for m in model.modules():  # every op is the original object again
         for k, v in originals[id(m)].items():
             assert vars(m).get(k) is v, (type(m).__name__, k)
+
+
+def test_split_k_sum_swaps_the_tensor_core_gemv_kernel_and_restores_it(engine):
+    from plugins.awq import mma_gemv
+
+    original = mma_gemv._awq_mma_gemv_kernel
+    restore = decode_ablation.ablate(engine.runner.model, "split_k_sum")
+    try:
+        variant = mma_gemv._awq_mma_gemv_kernel
+        assert variant is not original
+        # the same launch signature: awq_mma_gemv passes it the same arguments
+        assert variant.arg_names == original.arg_names
+        assert decode_ablation.launches_removed(engine.runner.model, "split_k_sum") == 0
+    finally:
+        restore()
+    assert mma_gemv._awq_mma_gemv_kernel is original
 
 
 def test_stand_ins_keep_shapes(engine):
