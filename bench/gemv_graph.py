@@ -1,6 +1,6 @@
 """Decode W4A16 configs timed as the engine runs them: inside CUDA graphs, L2-cold weights.
 
-    PYTHONPATH=. python bench/gemv_graph.py [--out bench/results] [--ms 1,2,4,16]
+    PYTHONPATH=. python bench/gemv_graph.py [--out bench/results] [--ms 1,2,4,16] [--partial]
 
 ``bench/kernels.py`` times one launch at a time with ``do_bench`` (host launch cost included,
 tens of microseconds against 20-40 us kernels, and noisy). Here each candidate config runs over
@@ -22,6 +22,7 @@ from bench.graph_timing import median_replay_ms
 from bench.hardware import copy_bandwidth, gpu_slug, versions
 from bench.kernels import GROUP, SHAPES, awq_bytes, make_awq_layer
 from bench.sweep import write_csv
+from core.partial_sums import total
 from plugins.awq import kernels as awq_kernels
 from plugins.awq.gemv import gemv_block_m
 from plugins.awq.reference import dequantize_kernel
@@ -109,12 +110,18 @@ def graph_time_us(fn) -> float:
     return median_replay_ms(g, REPLAYS) * 1e3 / COPIES
 
 
-def config_time_us(cfg: awq_kernels.Config, x: torch.Tensor, layers: list) -> float:
-    """Per-layer time of ``cfg`` over ``layers`` (distinct weights of one shape) in a CUDA graph."""
+def config_time_us(
+    cfg: awq_kernels.Config, x: torch.Tensor, layers: list, partial: bool = False
+) -> float:
+    """Per-layer time of ``cfg`` over ``layers`` (distinct weights of one shape) in a CUDA graph.
+    ``partial``: split-K launches leave their partial sums unadded (kernels.split_k_sum=consumer;
+    the op that would add them is not timed)."""
 
     def run():
         for lay in layers:
-            awq_kernels.awq_gemm(x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg)
+            awq_kernels.awq_gemm(
+                x, lay.qweight, lay.scales, lay.qzeros, GROUP, config=cfg, partial=partial
+            )
 
     return graph_time_us(run)
 
@@ -134,6 +141,9 @@ def main() -> None:
     parser.add_argument("--paths", choices=("all", "mma", "default"), default="all",
                         help="mma: only the tensor-core GEMV against the default config; "
                              "default: the default config alone")  # fmt: skip
+    parser.add_argument("--partial", action="store_true",
+                        help="split-K launches store their partial sums and exit, as with "
+                             "kernels.split_k_sum=consumer (the adding op is not timed)")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -149,13 +159,14 @@ def main() -> None:
             ref = x.float() @ w.float().t()
             for cfg in candidates(m, n, k, args.paths):
                 try:
-                    y = awq_kernels.awq_gemm(
-                        x, layers[0].qweight, layers[0].scales, layers[0].qzeros, GROUP, config=cfg
-                    )
+                    y = total(awq_kernels.awq_gemm(
+                        x, layers[0].qweight, layers[0].scales, layers[0].qzeros, GROUP,
+                        config=cfg, partial=args.partial,
+                    ))  # fmt: skip
                     err = ((y.float() - ref).norm() / ref.norm()).item()
                     if not err < 2e-3:
                         raise AssertionError(f"rel err {err:.2e}")
-                    t = config_time_us(cfg, x, layers)
+                    t = config_time_us(cfg, x, layers, args.partial)
                 except Exception as e:  # keep sweeping; the row records the failure
                     print(f"  {name} M={m} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
                     t, err = math.inf, math.nan
@@ -170,7 +181,7 @@ def main() -> None:
                   flush=True)  # fmt: skip
         del layers, w
         torch.cuda.empty_cache()
-    slug = gpu_slug(gpu)
+    slug = gpu_slug(gpu) + ("-partial" if args.partial else "")
     write_csv(rows, list(rows[0]), args.out / f"gemv-graph-{slug}.csv")
     print(f"\nlayers60 (4 shapes x 60), {gpu}, copy bw {bw / 1e12:.3f} TB/s")
     total_bytes = sum(awq_bytes(k, sum(s)) for k, s in SHAPES.values())

@@ -61,6 +61,9 @@ class QuantConfig:
 @dataclass
 class KernelsConfig:
     backend: str = "auto"  # auto (triton on CUDA, torch elsewhere), triton, torch
+    # who adds a decode GEMM's split-K partial sums: the GEMM itself (gemm), or the op that reads
+    # its output, as it loads it (consumer: core/partial_sums.py)
+    split_k_sum: str = "gemm"
 
 
 @dataclass
@@ -193,9 +196,10 @@ def validate(cfg: NybbleConfig) -> NybbleConfig:
         _choice("quant.name", q.name, ["auto", *regs.weight_formats.names()])
     _choice("quant.group_size", q.group_size, (32, 64, 128))
     _choice("quant.bits", q.bits, (4,))
-    from core.kernels import BACKENDS
+    from core.kernels import BACKENDS, SPLIT_K_SUMS
 
     _choice("kernels.backend", cfg.kernels.backend, BACKENDS)
+    _choice("kernels.split_k_sum", cfg.kernels.split_k_sum, SPLIT_K_SUMS)
     _choice("engine.device", e.device, DEVICES)
     _choice("engine.dtype", e.dtype, DTYPES)
     for key in (

@@ -64,7 +64,7 @@ def load_model(
         info = info_for(path) if cfg.model.load_format != "dummy" else None
         mc = model_config_from_hf(cfg.model, info.hf_config) if info else cfg.model
         fmt, params = resolve_format(cfg.quant, regs.weight_formats, info)
-    kernels = KernelTable(regs.kernels, cfg.kernels.backend, device)
+    kernels = KernelTable(regs.kernels, cfg.kernels.backend, device, cfg.kernels.split_k_sum)
     cls = regs.models.get(mc.architecture)
     method = fmt.linear_method(params, kernels)
     build_args = (mc, method, kernels, dtype)

@@ -52,6 +52,9 @@ class LinearMethod:
 
     output_block: int = 1
     input_block: int = 1
+    # apply() takes ``partial=True`` and may then return core.partial_sums.PartialSums: split-K
+    # partial sums the next op adds (kernels.split_k_sum=consumer); Linear only asks such methods
+    partial_sums: bool = False
 
     def create_weights(
         self,

@@ -191,6 +191,7 @@ BAD = [
     (["model.num_heads=3"], "config", ["model.num_heads=3", "divisor of model.hidden_size=64"]),
     (["engine.dtype=fp8"], "config", ["engine.dtype='fp8'", "float16"]),
     (["kernels.backend=cuda"], "config", ["kernels.backend='cuda'", "triton"]),
+    (["kernels.split_k_sum=gpu"], "config", ["kernels.split_k_sum='gpu'", "gemm, consumer"]),
     (["engine.max_bach_size=4"], "config", ["engine.max_bach_size", "no such setting", "max_batch_size"]),
     (["+engine.typo=4"], "config", ["engine.typo", "no such setting"]),
     (["model=[a"], "config", ["model=[a", "key=value"]),

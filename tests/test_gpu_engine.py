@@ -27,13 +27,19 @@ PROMPTS = [
 
 
 def engine(
-    backend: str, graphs: bool, dtype: str, quant: str = "none", pdl: bool = True, **model
+    backend: str,
+    graphs: bool,
+    dtype: str,
+    quant: str = "none",
+    pdl: bool = True,
+    split_k_sum: str = "gemm",
+    **model,
 ) -> Engine:
     mc = tiny_model_config(vocab_size=1024, session_len=512, max_position_embeddings=512, **model)
     cfg = NybbleConfig(
         model=mc,
         quant=QuantConfig(name=quant),
-        kernels=KernelsConfig(backend=backend),
+        kernels=KernelsConfig(backend=backend, split_k_sum=split_k_sum),
         engine=EngineConfig(device="cuda", dtype=dtype, cuda_graphs=graphs, num_kv_blocks=512,
                             block_size=16, max_batch_size=8, max_num_batched_tokens=64, pdl=pdl),
     )  # fmt: skip
@@ -84,6 +90,19 @@ def test_triton_graph_path_matches_the_reference_in_fp16_with_awq_weights():
     assert agree / total > 0.8
     first = [(r.logprobs[0].logprob, f.logprobs[0].logprob) for r, f in zip(ref, fast)]
     assert all(abs(a - b) < 2e-2 for a, b in first)
+
+
+def test_ops_adding_the_split_k_partial_sums_change_no_token_or_logprob():
+    """kernels.split_k_sum=consumer (core/partial_sums.py) in CUDA graphs with AWQ weights: the
+    same sums in the same order, so the same tokens and logprobs, bit for bit."""
+    mk = dict(hidden_size=512, intermediate_size=1024, num_heads=4)
+    gemm = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy", **mk)
+    consumer = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy",
+                      split_k_sum="consumer", **mk)  # fmt: skip
+    assert consumer.runner.kernels.partial_sums and not gemm.runner.kernels.partial_sums
+    for w, g in zip(greedy_tokens(gemm, n=16), greedy_tokens(consumer, n=16)):
+        assert g.token_ids == w.token_ids
+        assert [x.logprob for x in g.logprobs] == [x.logprob for x in w.logprobs]
 
 
 def test_graph_and_eager_triton_paths_agree_exactly_on_greedy_tokens():

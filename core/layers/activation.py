@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from core.kernels import KernelTable
+from core.partial_sums import PartialSums, for_op
 
 
 class SiluAndMul(nn.Module):
@@ -13,6 +14,6 @@ class SiluAndMul(nn.Module):
         super().__init__()
         self._op = kernels.get("silu_mul")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x [T, 2I] -> [T, I]
-        return self._op(x)
+    def forward(self, x: torch.Tensor | PartialSums) -> torch.Tensor:
+        # x [T, 2I] (or a GEMM's split-K partial sums of it) -> [T, I]
+        return self._op(for_op(self._op, x))

@@ -7,6 +7,7 @@ from torch import nn
 
 from core.kernels import KernelTable
 from core.layers.attention_metadata import AttentionMetadata
+from core.partial_sums import PartialSums, for_op, total
 
 
 class PagedAttention(nn.Module):
@@ -32,16 +33,20 @@ class PagedAttention(nn.Module):
 
     def forward(
         self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        q: torch.Tensor | PartialSums,
+        k: torch.Tensor | PartialSums,
+        v: torch.Tensor | PartialSums,
         meta: AttentionMetadata,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # q [T, H, D], k/v [T, Hk, D] · rope: (cos, sin) [T, D/2] fp32 or None -> [T, H, D]
         # With rope, q and k are rotated here, in the launch that writes k and v to the cache.
+        # q, k, v may be the qkv GEMM's split-K partial sums (core/partial_sums.py).
         if rope is None:
-            self._store(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+            q = total(q)
+            self._store(total(k), total(v), self.k_cache, self.v_cache, meta.slot_mapping)
         else:
-            q = self._rope_store(q, k, v, *rope, self.k_cache, self.v_cache, meta.slot_mapping)
+            op = self._rope_store
+            q, k, v = (for_op(op, x) for x in (q, k, v))
+            q = op(q, k, v, *rope, self.k_cache, self.v_cache, meta.slot_mapping)
         return self._attend(q, self.k_cache, self.v_cache, meta, self.scale)

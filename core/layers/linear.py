@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.partial_sums import PartialSums
 from core.weight_format import LinearMethod, set_weight_attrs
 
 
@@ -17,7 +18,12 @@ class Linear(nn.Module):
 
     ``output_sizes`` lists the fused outputs (one entry for a plain layer; q, k, v sizes for a
     fused qkv; gate, up for gate_up). ``load_shard`` fills one of them from a checkpoint tensor.
+
+    ``partial_output``: the model sets it where the op reading this layer's output adds split-K
+    partial sums itself (core/partial_sums.py); then forward may return ``PartialSums``.
     """
+
+    partial_output = False
 
     def __init__(
         self,
@@ -66,8 +72,16 @@ class Linear(nn.Module):
             )
         target.copy_(loaded.to(target.dtype) if loaded.dtype.is_floating_point else loaded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_method.apply(self, x, self.bias)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
+        return self._product(x, self.bias)
+
+    def _product(
+        self, x: torch.Tensor, bias: torch.Tensor | None, may_defer: bool = True
+    ) -> torch.Tensor | PartialSums:
+        method = self.linear_method
+        if may_defer and self.partial_output and method.partial_sums:
+            return method.apply(self, x, bias, partial=True)
+        return method.apply(self, x, bias)
 
     def extra_repr(self) -> str:
         return f"in={self.input_size}, out={self.output_sizes}, bias={self.bias is not None}"

@@ -86,7 +86,8 @@ class RowParallelLinear(Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias if self.tp.rank == 0 else None
-        return self.tp.all_reduce(self.linear_method.apply(self, x, bias))
+        # the all-reduce adds whole outputs: never partial sums
+        return self.tp.all_reduce(self._product(x, bias, may_defer=False))
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from core.kernels import KernelTable
+from core.partial_sums import PartialSums, for_op
 
 
 class RMSNorm(nn.Module):
@@ -19,8 +20,9 @@ class RMSNorm(nn.Module):
         self._add_norm = kernels.get("add_rms_norm")
 
     def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
+        self, x: torch.Tensor | PartialSums, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        # x may be a GEMM's split-K partial sums: the op adds them, or gets their total
         if residual is None:
-            return self._norm(x, self.weight, self.eps)
-        return self._add_norm(x, residual, self.weight, self.eps)
+            return self._norm(for_op(self._norm, x), self.weight, self.eps)
+        return self._add_norm(for_op(self._add_norm, x), residual, self.weight, self.eps)

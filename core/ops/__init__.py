@@ -9,6 +9,7 @@ before the first call gets interpreted kernels even if ``core.ops`` was imported
 from __future__ import annotations
 
 from core.ops import reference
+from core.partial_sums import adds_partial_sums
 
 OPS = (
     "rms_norm",
@@ -21,12 +22,14 @@ OPS = (
 )
 
 
+@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
 def rms_norm_triton(x, weight, eps):
     from core.ops.triton_norm import rms_norm
 
     return rms_norm(x, weight, eps)
 
 
+@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
 def add_rms_norm_triton(x, residual, weight, eps):
     from core.ops.triton_norm import add_rms_norm
 
@@ -39,12 +42,14 @@ def rotary_triton(q, k, cos, sin):
     return rotary(q, k, cos, sin)
 
 
+@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
 def rotary_store_kv_triton(q, k, v, cos, sin, k_cache, v_cache, slot_mapping):
     from core.ops.triton_rotary import rotary_store_kv
 
     return rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping)
 
 
+@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
 def silu_mul_triton(x):
     from core.ops.triton_activation import silu_mul
 

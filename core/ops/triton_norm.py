@@ -11,21 +11,26 @@ import triton
 import triton.language as tl
 
 from core.ops.pdl import pdl_launch
+from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
+from core.partial_sums import PartialSums
 
 
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, r_ptr, w_ptr, out_ptr, sum_ptr,
-    stride_x, stride_r, stride_out, stride_sum,
+    stride_x, stride_r, stride_out, stride_sum, stride_split,
     N, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+    SPLITS: tl.constexpr = 0,
 ):  # fmt: skip
     pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < N
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    # x, or with SPLITS > 0 the GEMM's split-K partial sums of it (core/partial_sums.py)
+    x = load_input(x_ptr + row * stride_x + offs, mask, stride_split, SPLITS,
+                   out_ptr.dtype.element_ty)  # fmt: skip
     if HAS_RESIDUAL:
         r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
         # round the sum to the activation dtype first: the stream the next layer adds to
@@ -37,7 +42,7 @@ def _rms_norm_kernel(
     tl.store(out_ptr + row * stride_out + offs, (xf * inv_rms * w).to(x.dtype), mask=mask)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+def _check(x: torch.Tensor | PartialSums, weight: torch.Tensor) -> None:
     assert x.dim() == 2 and x.stride(-1) == 1, (
         f"x: expected [T, H] with unit last stride, got {tuple(x.shape)} {x.stride()}"
     )
@@ -50,13 +55,15 @@ def _launch(x, residual, weight, out, summed, eps) -> None:
     n = x.shape[1]
     block = triton.next_power_of_2(n)
     num_warps = min(max(block // 512, 1), 16)
-    r = residual if residual is not None else x
+    src, splits, split_stride = input_args(x)
+    r = residual if residual is not None else out
     s = summed if summed is not None else out
     _rms_norm_kernel[(x.shape[0],)](
-        x, r, weight, out, s,
-        x.stride(0), r.stride(0), out.stride(0), s.stride(0),
+        src, r, weight, out, s,
+        x.stride(0), r.stride(0), out.stride(0), s.stride(0), split_stride,
         n, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, **pdl_launch(x), num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, **pdl_launch(out), num_warps=num_warps,
+        SPLITS=splits,
     )  # fmt: skip
 
 
@@ -70,9 +77,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    x: torch.Tensor | PartialSums, residual: torch.Tensor, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # x [T, H] · residual [T, H] · weight [H] -> (rms_norm(x + residual) [T, H], x + residual [T, H])
+    # x may be a GEMM's split-K partial sums (core/partial_sums.py), added here as they are read
     _check(x, weight)
     assert residual.shape == x.shape and residual.stride(-1) == 1, (
         f"residual: expected {tuple(x.shape)}, got {tuple(residual.shape)}"

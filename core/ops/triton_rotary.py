@@ -16,19 +16,22 @@ import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_cache_strides
 from core.ops.pdl import pdl_launch
+from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
+from core.partial_sums import PartialSums, total
 
 
 @triton.jit
 def _rotate_heads(x_ptr, dst, c, s, t, stride_xt, stride_xh, dst_stride_h, num_heads, half,
-                  BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):  # fmt: skip
-    # token t's heads of x, rotated, to dst + head * dst_stride_h
+                  stride_split, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                  SPLITS: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    # token t's heads of x (or SPLITS partial sums of them), rotated, to dst + head * dst_stride_h
     heads = tl.arange(0, BLOCK_H)[:, None]  # (BH, 1)
     offs = tl.arange(0, BLOCK_HALF)[None, :]  # (1, BD/2)
     mask = (heads < num_heads) & (offs < half)
     src = x_ptr + t * stride_xt + heads * stride_xh + offs
-    x1 = tl.load(src, mask=mask, other=0.0)
-    x2 = tl.load(src + half, mask=mask, other=0.0)
+    x1 = load_input(src, mask, stride_split, SPLITS, DTYPE)
+    x2 = load_input(src + half, mask, stride_split, SPLITS, DTYPE)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
     out = dst + heads * dst_stride_h + offs
     tl.store(out, (x1f * c - x2f * s).to(dst.dtype.element_ty), mask=mask)
@@ -40,32 +43,39 @@ def _rotary_kernel(
     q_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, q_out_ptr, k_out_ptr,
     k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct,
-    stride_cb, stride_cs, stride_ch,
+    stride_cb, stride_cs, stride_ch, stride_split,
     num_heads, num_kv_heads, half,
     BLOCK_H: tl.constexpr, BLOCK_HK: tl.constexpr, BLOCK_HALF: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, STORE: tl.constexpr, USE_PDL: tl.constexpr,
+    SPLITS: tl.constexpr = 0,
 ):  # fmt: skip
+    # q, k, v: tensors, or (SPLITS > 0) a GEMM's split-K partial sums of them, stride_split apart
     pdl_start(USE_PDL)
+    dtype = q_out_ptr.dtype.element_ty
     t = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_HALF)
     c = tl.load(cos_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
     s = tl.load(sin_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
     if tl.program_id(1) == 0:
         _rotate_heads(q_ptr, q_out_ptr + t * num_heads * 2 * half, c, s, t, stride_qt, stride_qh,
-                      2 * half, num_heads, half, BLOCK_H, BLOCK_HALF)  # fmt: skip
+                      2 * half, num_heads, half, stride_split, BLOCK_H, BLOCK_HALF, SPLITS,
+                      dtype)  # fmt: skip
     elif not STORE:
         _rotate_heads(k_ptr, k_out_ptr + t * num_kv_heads * 2 * half, c, s, t, stride_kt,
-                      stride_kh, 2 * half, num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+                      stride_kh, 2 * half, num_kv_heads, half, stride_split, BLOCK_HK, BLOCK_HALF,
+                      SPLITS, dtype)  # fmt: skip
     else:  # rotated K and V straight into token t's cache slot (-1: a padded row, no write)
         slot = tl.load(slot_ptr + t).to(tl.int64)
         if slot >= 0:
             row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
             _rotate_heads(k_ptr, k_cache_ptr + row, c, s, t, stride_kt, stride_kh, stride_ch,
-                          num_kv_heads, half, BLOCK_HK, BLOCK_HALF)  # fmt: skip
+                          num_kv_heads, half, stride_split, BLOCK_HK, BLOCK_HALF, SPLITS,
+                          dtype)  # fmt: skip
             heads = tl.arange(0, BLOCK_HK)[:, None]  # (BHk, 1)
             offs_d = tl.arange(0, 2 * BLOCK_HALF)[None, :]  # (1, BD)
             mask = (heads < num_kv_heads) & (offs_d < 2 * half)
-            v = tl.load(v_ptr + t * stride_vt + heads * stride_vh + offs_d, mask=mask)
+            v_src = v_ptr + t * stride_vt + heads * stride_vh + offs_d
+            v = load_input(v_src, mask, stride_split, SPLITS, dtype)
             dst = v_cache_ptr + row + heads * stride_ch + offs_d
             tl.store(dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
@@ -94,14 +104,16 @@ def _launch(q, k, v, cos, sin, q_out, k_out, k_cache, v_cache, slots) -> None:
     cache_strides = k_cache.stride()[:3] if store else (0, 0, 0)
     if not store:  # unused pointers (STORE is a constexpr: that branch is not compiled)
         k_cache = v_cache = slots = q_out
+    (qp, splits, split_stride), kp, vp = (input_args(x) for x in (q, k, v))
+    assert kp[1:] == vp[1:] == (splits, split_stride), "q, k, v: partial sums of one GEMM"
     _rotary_kernel[(t, 2)](
-        q, k, v, cos, sin, q_out, k_out, k_cache, v_cache, slots,
+        qp, kp[0], vp[0], cos, sin, q_out, k_out, k_cache, v_cache, slots,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        cos.stride(0), *cache_strides,
+        cos.stride(0), *cache_strides, split_stride,
         h, hk, d // 2,
         BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(hk),
         BLOCK_HALF=triton.next_power_of_2(d // 2), BLOCK_SIZE=k_cache.shape[1] if store else 1,
-        STORE=store, **pdl_launch(q), num_warps=4,
+        STORE=store, **pdl_launch(q_out), num_warps=4, SPLITS=splits,
     )  # fmt: skip
 
 
@@ -118,9 +130,9 @@ def rotary(
 
 
 def rotary_store_kv(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q: torch.Tensor | PartialSums,
+    k: torch.Tensor | PartialSums,
+    v: torch.Tensor | PartialSums,
     cos: torch.Tensor,
     sin: torch.Tensor,
     k_cache: torch.Tensor,
@@ -130,7 +142,11 @@ def rotary_store_kv(
     # q [T, H, D] · k, v [T, Hk, D] (strided views ok) · cos/sin [T, D/2] fp32 · caches
     # [NB, BS, Hk, D] (any block/token/head strides) · slot_mapping [T] int (-1 = skip)
     # -> rotated q [T, H, D]; rotated k and v written to their cache slots. One launch for what
-    # rotary + store_kv do in two (a decode step has one per layer fewer).
+    # rotary + store_kv do in two (a decode step has one per layer fewer). q, k, v may be the
+    # split-K partial sums of one GEMM (core/partial_sums.py), added here as they are read; if
+    # only some are, all are summed first.
+    if len({(isinstance(x, PartialSums), input_args(x)[1:]) for x in (q, k, v)}) > 1:
+        q, k, v = (total(x) for x in (q, k, v))
     _check(q, k, cos, sin)
     assert v.shape == k.shape and v.stride(-1) == 1, (
         f"v: expected {tuple(k.shape)} with a unit last stride, got {tuple(v.shape)}"

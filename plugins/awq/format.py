@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.partial_sums import PartialSums
 from core.weight_format import CheckpointInfo, LinearMethod, WeightFormat, set_weight_attrs
 from plugins.awq.layout import repack_qweight, repack_qzeros
 from plugins.awq.reference import KCHUNK
@@ -114,6 +115,7 @@ class AWQLinearMethod(LinearMethod):
     # tensor-parallel shards: whole int32s of outputs; inputs in whole groups and whole K chunks
     # of the kernel layout (KCHUNK is a multiple of every supported group size)
     output_block = PACK
+    partial_sums = True  # apply(..., partial=True) may return PartialSums
 
     def __init__(self, group_size: int, gemm: Callable[..., torch.Tensor]) -> None:
         self.group_size = _check_group_size(group_size, "AWQLinearMethod")
@@ -169,10 +171,14 @@ class AWQLinearMethod(LinearMethod):
         set_weight_attrs(layer.scales, output_dim=1, input_dim=0, input_pack=g)
         layer.awq_repacked = True
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def apply(
+        self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None, partial: bool = False
+    ) -> torch.Tensor | PartialSums:
         lead = x.shape[:-1]
-        out = self.gemm(
-            x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.qzeros, self.group_size
-        )
+        args = (x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.qzeros)
+        # split-K partial sums left for the next op to add, where the caller asked and the kernel
+        # split K (core/partial_sums.py); with a bias, the GEMM adds them
+        kw = {"partial": True} if partial and bias is None else {}
+        out = self.gemm(*args, self.group_size, **kw)
         out = out.view(*lead, out.shape[-1])  # (..., N)
         return out if bias is None else out + bias

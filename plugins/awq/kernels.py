@@ -34,6 +34,7 @@ import triton.language as tl
 
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
+from core.partial_sums import PartialSums
 from plugins.awq.dequant import (
     DEFAULT_TILE,
     awq_dequantize,
@@ -347,8 +348,13 @@ def awq_gemm(
     qzeros: torch.Tensor,
     group_size: int,
     config: Config | None = None,
-) -> torch.Tensor:
-    """``x @ W^T`` with W in the kernel layout; ``config`` overrides the tuned choice (tests)."""
+    partial: bool = False,
+) -> torch.Tensor | PartialSums:
+    """``x @ W^T`` with W in the kernel layout; ``config`` overrides the tuned choice (tests).
+
+    ``partial``: a launch of the tensor-core GEMV with split-K returns its splits' partial sums
+    unadded (core/partial_sums.py), for an op that adds them as it reads; other paths return y.
+    """
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16
     m, n, k = _check(x, qweight, scales, qzeros, group_size)
@@ -356,12 +362,12 @@ def awq_gemm(
     cfg = config or default_config(m, n, k, group_size, mma=mma_supported(x.device))
     if cfg.path == "mma":
         if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
-            cfg = Config("mma", block_n=64, num_warps=4)
+            cfg = Config("mma", block_n=64, num_warps=4, split_k=cfg.split_k)
         try:
             return awq_mma_gemv(
                 x, qweight, scales, qzeros, group_size,
                 tiles=cfg.block_n // 16, num_warps=cfg.num_warps, split_k=cfg.split_k, prefetch=cfg.prefetch,
-                unroll=cfg.unroll,
+                unroll=cfg.unroll, partial=partial,
             )  # fmt: skip
         except MmaLayoutError as err:
             if config is not None:

@@ -36,7 +36,9 @@ past M load a valid row again instead of masking (no zero-filling); they are nev
 Split-K (grid axis 1) is deterministic (plugins/awq/split_k.py): each split stores its fp32
 partial sums, and the last split of a row block to arrive adds them in split order and writes y.
 Measured the same speed as fp16 atomics into a zeroed y
-(bench/results/gemv-graph-h200-deterministic.csv).
+(bench/results/gemv-graph-h200-deterministic.csv). With ``partial`` (``PARTIAL``;
+kernels.split_k_sum=consumer) the splits store their partial sums as [S, M, N] and exit, and the
+op that reads y adds them as it loads them (core/partial_sums.py): no arrival, no second pass.
 
 Under ``TRITON_INTERPRET=1`` (CPU) inline PTX cannot run: ``ASM=False`` computes the same
 accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
@@ -52,6 +54,7 @@ import triton.language as tl
 
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
+from core.partial_sums import PartialSums
 from plugins.awq.dequant import group_params
 from plugins.awq.gemv import use_inline_asm
 from plugins.awq.mma_ptx import (
@@ -186,12 +189,14 @@ def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, 
 
 @triton.jit
 def _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES: tl.constexpr):
+    """Row block ``rb`` of y [M, N] (fp16 y, or fp32 partial sums) from the accumulators."""
     g4 = tl.arange(0, 8)[:, None, None, None]
     t4 = tl.arange(0, TILES)[None, :, None, None]
     h4 = tl.arange(0, 2)[None, None, :, None]
     n4 = rb * (TILES * 16) + t4 * 16 + h4 * 8 + g4  # [8, T, 2, 1]
     b = _batch_row(tl.arange(0, 16)[None, None, None, :])  # [1, 1, 1, 16]
-    tl.store(y_ptr + b * stride_ym + n4, acc.to(tl.float16), mask=(n4 < N) & (b < M))
+    out = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + b * stride_ym + n4, out, mask=(n4 < N) & (b < M))
 
 
 @triton.jit
@@ -226,6 +231,7 @@ def _awq_mma_gemv_kernel(
     UNROLL: tl.constexpr = 1,
     PREFETCH: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
+    PARTIAL: tl.constexpr = False,
 ):
     lin = _tile_index(TILES)
     n_chunks = K // 128
@@ -239,6 +245,8 @@ def _awq_mma_gemv_kernel(
     pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
     if not SPLIT:
         _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
+    elif PARTIAL:  # the op that reads y adds the splits (core/partial_sums.py): ws [S, M, N]
+        _store_y(ws_ptr + pid_k * M * N, acc, rb, M, N, N, TILES)
     else:  # split-K: the last split to finish adds all partial sums, in split order
         if arrive(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256):
             total = sum_splits(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256)
@@ -271,11 +279,15 @@ def awq_mma_gemv(
     asm: bool | None = None,
     prefetch: bool = False,
     unroll: int = 1,
-) -> torch.Tensor:
+    partial: bool = False,
+) -> torch.Tensor | PartialSums:
     """``x @ W^T`` for M <= 16 with mma.sync (inputs checked by kernels._check).
 
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/128, N] fp16 · qzeros [K/128, N/8]
     #   -> [M, N] fp16; grid (N / (16 tiles), split_k), tiles / num_warps 16-row tiles per warp
+
+    ``partial``: with more than one split, return the splits' fp32 partial sums unadded
+    (core/partial_sums.py) for the next op to add; with one split, y as always.
     """
     assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
     m, k = x.shape
@@ -290,22 +302,28 @@ def awq_mma_gemv(
     assert unroll in (1, 2, 4), f"unroll={unroll}"
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
+    partial = partial and split_k > 1
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
     row_blocks = triton.cdiv(n, 16 * tiles)
     grid = (row_blocks, split_k)
-    # split-K: fp32 partial sums of every split, and one arrival counter per row block
-    ws = torch.empty((split_k, row_blocks, 256 * tiles) if split_k > 1 else (1,), device=x.device)
-    args = (x, qweight, scales, qzeros, y, ws, arrival_counters(x.device, row_blocks), m, n, k,
-            x.stride(0), y.stride(0))  # fmt: skip
+    if partial:  # each split's [M, N] fp32 partial sums, for the next op to add
+        ws = torch.empty((split_k, m, n), device=x.device)
+        counters = ws  # no arrival to count
+    else:  # split-K: fp32 partial sums of every split, and one arrival counter per row block
+        ws = torch.empty(
+            (split_k, row_blocks, 256 * tiles) if split_k > 1 else (1,), device=x.device
+        )
+        counters = arrival_counters(x.device, row_blocks)
+    args = (x, qweight, scales, qzeros, y, ws, counters, m, n, k, x.stride(0), y.stride(0))
     kwargs = dict(
         TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
-        PREFETCH=prefetch,
+        PREFETCH=prefetch, PARTIAL=partial,
         **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
     if asm:
         _check_layout(args, kwargs, num_warps)
     _awq_mma_gemv_kernel[grid](*args, **kwargs)
-    return y
+    return PartialSums(ws, torch.float16) if partial else y
 
 
 _checked: set[tuple] = set()

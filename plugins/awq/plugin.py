@@ -12,11 +12,12 @@ def register_weight_formats(register):
     register(AWQFormat())
 
 
-def awq_gemm_triton(x, qweight, scales, qzeros, group_size):
-    """Triton ``awq_gemm``; triton is imported on first call so this module loads anywhere."""
+def awq_gemm_triton(x, qweight, scales, qzeros, group_size, partial=False):
+    """Triton ``awq_gemm``; triton is imported on first call so this module loads anywhere.
+    ``partial``: split-K launches may return their partial sums unadded (core/partial_sums.py)."""
     from plugins.awq.kernels import awq_gemm
 
-    return awq_gemm(x, qweight, scales, qzeros, group_size)
+    return awq_gemm(x, qweight, scales, qzeros, group_size, partial=partial)
 
 
 @hookimpl

@@ -73,12 +73,15 @@ def awq_gemm_torch(
     scales: torch.Tensor,
     qzeros: torch.Tensor,
     group_size: int,
+    partial: bool = False,
 ) -> torch.Tensor:
     """``x @ W^T`` with W in the kernel layout; the CPU path and the oracle of the Triton kernel.
 
     # x [M, K] · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32 -> [M, N]
 
     Computes in fp32 (fp16 matmul on a CPU is slow and imprecise) and returns x's dtype.
+    ``partial`` is accepted as the Triton GEMM's is (core/partial_sums.py); there is no split
+    here, so the product always comes back summed.
     """
     w = dequantize_kernel(qweight, scales, qzeros, group_size)  # (N, K) fp32
     return (x.float() @ w.t()).to(x.dtype)

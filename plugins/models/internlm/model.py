@@ -55,6 +55,9 @@ class InternLMAttention(nn.Module):
         self.o_proj = row_linear(tp, q_size, cfg.hidden_size, cfg.bias, method, dtype)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, kernels)
         self.q_size, self.kv_size = q_size, kv_size
+        # rotary + KV write and the residual add + RMSNorm read these outputs: with
+        # kernels.split_k_sum=consumer they add the GEMMs' split-K partial sums
+        self.qkv_proj.partial_output = self.o_proj.partial_output = kernels.partial_sums
 
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata
@@ -83,6 +86,8 @@ class InternLMMLP(nn.Module):
         self.gate_up_proj = column_linear(tp, cfg.hidden_size, [inter, inter], False, method, dtype)
         self.down_proj = row_linear(tp, inter, cfg.hidden_size, False, method, dtype)
         self.act = SiluAndMul(kernels)
+        # SiLU x mul and the next residual add + RMSNorm read these (see InternLMAttention)
+        self.gate_up_proj.partial_output = self.down_proj.partial_output = kernels.partial_sums
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))

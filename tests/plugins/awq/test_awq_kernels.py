@@ -223,6 +223,40 @@ def test_mma_gemv_twin_matches_reference(m, awq_weight):
     assert not _buffers[("cpu", None)].any()
 
 
+def _partial_sums_give_the_gemm_sum(device: str, m: int, awq_weight) -> None:
+    """partial=True: the splits' fp32 partial sums come back unadded, and their total is the y
+    the GEMV writes with its own reduction, bit for bit (core/partial_sums.py)."""
+    from core.partial_sums import PartialSums
+    from plugins.awq.mma_gemv import awq_mma_gemv
+
+    n, k = 200, 640
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=500 + m, device=device)
+    x = torch.randn(m, k, device=device).half()
+    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
+        kw = dict(tiles=tiles, num_warps=warps, split_k=split_k, prefetch=prefetch, unroll=unroll)
+        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw)
+        p = awq_mma_gemv(x, qweight, scales, qzeros, 128, partial=True, **kw)
+        if split_k == 1:  # nothing to add: y as always
+            assert isinstance(p, torch.Tensor) and torch.equal(p, y)
+            continue
+        assert isinstance(p, PartialSums) and p.splits == split_k and p.shape == (m, n)
+        assert p.dtype == torch.float16
+        assert torch.equal(p.total(), y), (tiles, split_k)
+
+
+@interpreted
+@pytest.mark.parametrize("m", [1, 9, 16])
+def test_mma_gemv_partial_sums_add_up_to_its_output(m, awq_weight):
+    _partial_sums_give_the_gemm_sum("cpu", m, awq_weight)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 8, 16])
+def test_mma_gemv_partial_sums_add_up_to_its_output_on_the_gpu(m, awq_weight):
+    _partial_sums_give_the_gemm_sum("cuda", m, awq_weight)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
