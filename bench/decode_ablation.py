@@ -13,7 +13,10 @@ Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope`` the rotation ins
 ``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch;
 ``split_k_sum`` the tensor-core GEMV's split-K reduction (plugins/awq/split_k.py: each split
 stores its fp32 partial sums and exits, nobody adds them, y is left unwritten): the most that
-adding the partials elsewhere (in the kernel that reads y) could save.
+adding the partials elsewhere (in the kernel that reads y) could save. Run it with the default
+``kernels.split_k_sum=gemm``: under ``consumer`` a stand-in (not an op that adds partial sums)
+is handed their total, summed by torch in extra launches. With ``consumer``, the full graphs'
+times are the other side of that A/B.
 Writes decode_ablation-<gpu>.csv: one row per batch and ablation, with the full graph's time,
 the saving per step and, where launches go away, per launch.
 """

@@ -1,16 +1,18 @@
 """A GEMM output whose split-K partial sums are not added yet: the op that reads it adds them.
 
-A decode GEMM with split-K (plugins/awq/mma_gemv.py) has several programs sum shares of K for
-the same outputs. Adding their partials inside the GEMM costs each launch a chain of dependent
-memory round trips at its very end (store the partials, count the arrival, the last program
-reads every partial back and writes y), and the next kernel waits for all of it. With
-``kernels.split_k_sum=consumer`` the GEMM stores its fp32 partials and exits; the next op (the
-fused residual add + RMSNorm, SiLU x mul, the rotary + KV write) adds them while it reads its
-input, which it loads anyway. ``PartialSums`` is what travels between the two.
+A decode GEMM with split-K has several programs sum shares of K for the same outputs. Adding
+their partials inside the GEMM costs each launch either a chain of dependent memory round trips
+at its very end (the tensor-core GEMV, plugins/awq/mma_gemv.py: store the partials, count the
+arrival, the last program reads every partial back and writes y) or a zeroed y (a memset launch)
+and fp16 atomics (the CUDA-core GEMV and the tl.dot paths of batches 17-64), and the next kernel
+waits for all of it. With ``kernels.split_k_sum=consumer`` the GEMM stores its fp32 partials and
+exits; the next op (the fused residual add + RMSNorm, SiLU x mul, the rotary + KV write) adds
+them while it reads its input, which it loads anyway. ``PartialSums`` is what travels between.
 
-The sum is the one the GEMM would have written: the partials added in split order in fp32 from
-0.0, rounded once to ``dtype``. So a consumer's kernel gives the same bits either way, and
-:meth:`PartialSums.total` (what every other consumer calls, see :func:`total`) gives them too.
+The sum is the one the tensor-core GEMV would have written: the partials added in split order
+in fp32 from 0.0, rounded once to ``dtype``. So there a consumer's kernel gives the same bits
+either way, and :meth:`PartialSums.total` (what every other consumer calls, see :func:`total`)
+gives them too; where the GEMM used fp16 atomics, the sum is now deterministic and rounded once.
 
 ``split`` and ``view`` act on the product's own dimensions (the split dimension stays first), as
 a model does to a fused qkv output: ``qkv.split([q, kv, kv], dim=-1)``, ``q.view(-1, H, D)``.

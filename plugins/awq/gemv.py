@@ -43,6 +43,7 @@ import triton.language as tl
 
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
+from core.partial_sums import PartialSums
 from plugins.awq.dequant import group_params
 from plugins.awq.reference import KCHUNK, PIECE
 
@@ -143,12 +144,12 @@ def _quarter_params(s_ptr, z_ptr, chunk3, Q: tl.constexpr, n3, mask3, N, GROUP: 
 
 
 @triton.jit
-def _row_out(acc, y_ptr, m, M, N, stride_ym, offs_n, SPLIT_K: tl.constexpr):
+def _row_out(acc, y_ptr, m, M, N, stride_ym, offs_n, ATOMIC: tl.constexpr):
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
     ptrs = y_ptr + m * stride_ym + offs_n
     mask = offs_n < tl.where(m < M, N, 0)
-    if SPLIT_K == 1:
-        tl.store(ptrs, y.to(tl.float16), mask=mask)
+    if not ATOMIC:  # y, or this split's fp32 partial sums
+        tl.store(ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
     else:  # y was zeroed; fp16 atomics avoid a second pass over an fp32 workspace
         tl.atomic_add(ptrs, y.to(tl.float16), mask=mask)
 
@@ -173,11 +174,15 @@ def _awq_gemv_kernel(
     ASM: tl.constexpr,
     PREFETCH: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
+    PARTIAL: tl.constexpr = False,
 ):
     # M blocks fastest: the programs that share a weight tile run together (it stays in L2).
     m0 = tl.program_id(0) * BLOCK_M
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
+    if PARTIAL:  # y: fp32 [SPLIT_K, M, N], this split's slot (core/partial_sums.py)
+        y_ptr += pid_k * M * N
+    ATOMIC: tl.constexpr = SPLIT_K > 1 and not PARTIAL
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n3 = offs_n[:, None, None]  # [BN, 1, 1]
     u3 = tl.arange(0, UNROLL)[None, :, None]  # [1, U, 1]
@@ -258,17 +263,17 @@ def _awq_gemv_kernel(
     # PDL: the next kernel may launch now, its programs landing as these finish (released at the
     # start, every GEMV of a chain would sit on the SMs at once, prefetching, and slow this one)
     pdl_release(USE_PDL)
-    _row_out(acc0, y_ptr, m0, M, N, stride_ym, offs_n, SPLIT_K)
+    _row_out(acc0, y_ptr, m0, M, N, stride_ym, offs_n, ATOMIC)
     if BLOCK_M > 1:
-        _row_out(acc1, y_ptr, m0 + 1, M, N, stride_ym, offs_n, SPLIT_K)
+        _row_out(acc1, y_ptr, m0 + 1, M, N, stride_ym, offs_n, ATOMIC)
     if BLOCK_M > 2:
-        _row_out(acc2, y_ptr, m0 + 2, M, N, stride_ym, offs_n, SPLIT_K)
-        _row_out(acc3, y_ptr, m0 + 3, M, N, stride_ym, offs_n, SPLIT_K)
+        _row_out(acc2, y_ptr, m0 + 2, M, N, stride_ym, offs_n, ATOMIC)
+        _row_out(acc3, y_ptr, m0 + 3, M, N, stride_ym, offs_n, ATOMIC)
     if BLOCK_M > 4:
-        _row_out(acc4, y_ptr, m0 + 4, M, N, stride_ym, offs_n, SPLIT_K)
-        _row_out(acc5, y_ptr, m0 + 5, M, N, stride_ym, offs_n, SPLIT_K)
-        _row_out(acc6, y_ptr, m0 + 6, M, N, stride_ym, offs_n, SPLIT_K)
-        _row_out(acc7, y_ptr, m0 + 7, M, N, stride_ym, offs_n, SPLIT_K)
+        _row_out(acc4, y_ptr, m0 + 4, M, N, stride_ym, offs_n, ATOMIC)
+        _row_out(acc5, y_ptr, m0 + 5, M, N, stride_ym, offs_n, ATOMIC)
+        _row_out(acc6, y_ptr, m0 + 6, M, N, stride_ym, offs_n, ATOMIC)
+        _row_out(acc7, y_ptr, m0 + 7, M, N, stride_ym, offs_n, ATOMIC)
 
 
 def gemv_block_m(m: int) -> int:
@@ -288,11 +293,15 @@ def awq_gemv(
     num_warps: int = 1,
     asm: bool | None = None,
     prefetch: bool = False,
-) -> torch.Tensor:
+    partial: bool = False,
+) -> torch.Tensor | PartialSums:
     """``x @ W^T`` for small M on the CUDA cores (inputs checked by kernels._check).
 
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16; grid (M / BLOCK_M, N / block_n, split_k), tile [block_n, unroll, 16]
+
+    ``partial``: with more than one split, return the splits' fp32 partial sums unadded
+    (core/partial_sums.py) instead of adding them into a zeroed y with atomics.
     """
     assert KCHUNK == 128 and PIECE == 16, "the GEMV hard-codes the 128-wide K chunk of layout.py"
     m, k = x.shape
@@ -303,11 +312,17 @@ def awq_gemv(
     block_m = gemv_block_m(m)
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
-    y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
+    partial = partial and split_k > 1
+    if partial:  # each split's fp32 partial sums: no zeroed y, no atomics
+        y = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    else:
+        y = (torch.zeros if split_k > 1 else torch.empty)(
+            (m, n), dtype=torch.float16, device=x.device
+        )
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
     _awq_gemv_kernel[grid](
-        x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
+        x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(-2),
         GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, UNROLL=unroll, SPLIT_K=split_k,
-        ASM=asm, PREFETCH=prefetch, **pdl_launch(x), num_warps=num_warps,
+        ASM=asm, PREFETCH=prefetch, **pdl_launch(x), num_warps=num_warps, PARTIAL=partial,
     )  # fmt: skip
-    return y
+    return PartialSums(y, torch.float16) if partial else y

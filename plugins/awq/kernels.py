@@ -251,8 +251,11 @@ def _awq_gemm_kernel(
     UNROLL: tl.constexpr,
     SPLIT_K: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    PARTIAL: tl.constexpr = False,
 ):
     pdl_wait(USE_PDL)
+    if PARTIAL:  # y: fp32 [SPLIT_K, M, N], this split's slot (core/partial_sums.py)
+        y_ptr += tl.program_id(1) * M * N
     # Grouped program order: GROUP_M row blocks share each weight tile while it sits in L2.
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -311,8 +314,9 @@ def _awq_gemm_kernel(
     elif MODE == 2:
         acc = tl.trans(acc)  # [BM, BN]
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
+    if SPLIT_K == 1 or PARTIAL:
+        out = acc.to(y_ptr.dtype.element_ty)
+        tl.store(y_ptrs, out, mask=mask_m[:, None] & mask_n[None, :])
     else:  # y was zeroed; fp16 atomics avoid a second pass over an fp32 workspace
         tl.atomic_add(y_ptrs, acc.to(tl.float16), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -352,8 +356,8 @@ def awq_gemm(
 ) -> torch.Tensor | PartialSums:
     """``x @ W^T`` with W in the kernel layout; ``config`` overrides the tuned choice (tests).
 
-    ``partial``: a launch of the tensor-core GEMV with split-K returns its splits' partial sums
-    unadded (core/partial_sums.py), for an op that adds them as it reads; other paths return y.
+    ``partial``: a launch that splits K returns its splits' fp32 partial sums unadded
+    (core/partial_sums.py), for an op that adds them as it reads; one that does not returns y.
     """
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16
@@ -380,7 +384,7 @@ def awq_gemm(
         return awq_gemv(
             x, qweight, scales, qzeros, group_size,
             block_n=cfg.block_n, unroll=cfg.unroll, split_k=cfg.split_k, num_warps=cfg.num_warps,
-            prefetch=cfg.prefetch,
+            prefetch=cfg.prefetch, partial=partial,
         )  # fmt: skip
     if cfg.path == "dequant":
         return F.linear(x, awq_dequantize(qweight, scales, qzeros, group_size, cfg))
@@ -389,12 +393,18 @@ def awq_gemm(
         "the fma path computes one row per program (block_m=1)"
     )
     split_k, unroll = gemm_split(cfg, k)
-    y = (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=x.device)
+    partial = partial and split_k > 1
+    if partial:  # each split's fp32 partial sums: no zeroed y, no atomics
+        y = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    else:
+        y = (torch.zeros if split_k > 1 else torch.empty)(
+            (m, n), dtype=torch.float16, device=x.device
+        )
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
     _awq_gemm_kernel[grid](
-        x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(0),
+        x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(-2),
         GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
         MODE=mode, UNROLL=unroll, SPLIT_K=split_k, **pdl_launch(x), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        num_stages=cfg.num_stages, PARTIAL=partial,
     )  # fmt: skip
-    return y
+    return PartialSums(y, torch.float16) if partial else y

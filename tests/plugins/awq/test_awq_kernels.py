@@ -71,6 +71,45 @@ def test_kernel_paths_match_dense_reference(group_size, m, awq_weight):
     assert _rel_err(default, ref) < 2e-3
 
 
+SPLIT_CONFIGS = ("gemv-split", "gemv-prefetch", "fma-split", "decode-dot_t-split", "tile_fma")
+
+
+@interpreted
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_split_k_paths_hand_on_partial_sums_that_add_up_in_order(m, awq_weight):
+    """partial=True on the CUDA-core GEMV and the tl.dot paths: each split's fp32 partial sums
+    (core/partial_sums.py) instead of fp16 atomics into a zeroed y; added in split order they
+    are the product to fp32 rounding, once rounded to fp16."""
+    from core.partial_sums import PartialSums
+    from plugins.awq.kernels import Config, awq_gemm
+
+    n, k = 192, 512
+    w, qweight, scales, qzeros = awq_weight(n, k, 64, seed=40 + m)
+    x = torch.randn(m, k).half()
+    ref = awq_gemm_torch(x.float(), qweight, scales, qzeros, 64)
+    configs = {
+        name: c for name, c in _configs(1 if m == 1 else 64).items() if name in SPLIT_CONFIGS
+    }
+    configs["gemv-split-4"] = Config("gemv", block_n=32, unroll=1, split_k=4)
+    for name, config in configs.items():
+        if m > 1 and name.startswith(("fma", "tile_fma")):
+            continue  # one row per program
+        p = awq_gemm(x, qweight, scales, qzeros, 64, config=config, partial=True)
+        assert isinstance(p, PartialSums) and p.shape == (m, n) and p.splits > 1, name
+        assert _rel_err(p.total(), ref) < 2e-3, name
+        # the splits cover K exactly once: their sum is the whole product, split by split
+        y = awq_gemm(x, qweight, scales, qzeros, 64, config=config)
+        assert _rel_err(y, p.total().float()) < 2e-3, name
+    # four splits of K = 512: split s holds chunk s's share of the product
+    p = awq_gemm(x, qweight, scales, qzeros, 64, config=configs["gemv-split-4"], partial=True)
+    dense = dequantize_kernel(qweight, scales, qzeros, 64)  # [N, K] fp32
+    for s in range(4):
+        ks = slice(128 * s, 128 * (s + 1))
+        assert _rel_err(p.parts[s], x[:, ks].float() @ dense[:, ks].t()) < 1e-3, s
+    one = awq_gemm(x, qweight, scales, qzeros, 64, config=Config("gemv", 1, 16), partial=True)
+    assert isinstance(one, torch.Tensor)  # nothing split: y as always
+
+
 def _checkpoint(w: torch.Tensor, group_size: int):
     qweight, qzeros, scales = quantize_awq(w, group_size)
     return qweight, qzeros, scales
