@@ -46,6 +46,7 @@ from core.ops.triton_pdl import pdl_release, pdl_wait
 from core.partial_sums import PartialSums
 from plugins.awq.dequant import group_params
 from plugins.awq.reference import KCHUNK, PIECE
+from plugins.awq.split_k import atomic_split_output, launch_result
 
 # Largest M the GEMV takes in one program (per-row accumulators are unrolled; 8 rows cost about
 # 8x the per-row half2 FMAs, where tl.dot takes over).
@@ -312,17 +313,11 @@ def awq_gemv(
     block_m = gemv_block_m(m)
     split_k = max(1, min(split_k, k // KCHUNK))
     asm = use_inline_asm(x.device) if asm is None else asm
-    partial = partial and split_k > 1
-    if partial:  # each split's fp32 partial sums: no zeroed y, no atomics
-        y = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-    else:
-        y = (torch.zeros if split_k > 1 else torch.empty)(
-            (m, n), dtype=torch.float16, device=x.device
-        )
+    y = atomic_split_output(m, n, split_k, partial, x.device)  # fp32 [S, M, N] if partial
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n), split_k)
     _awq_gemv_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(-2),
         GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, UNROLL=unroll, SPLIT_K=split_k,
-        ASM=asm, PREFETCH=prefetch, **pdl_launch(x), num_warps=num_warps, PARTIAL=partial,
+        ASM=asm, PREFETCH=prefetch, **pdl_launch(x), num_warps=num_warps, PARTIAL=y.dim() == 3,
     )  # fmt: skip
-    return PartialSums(y, torch.float16) if partial else y
+    return launch_result(y)

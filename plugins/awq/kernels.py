@@ -46,6 +46,7 @@ from plugins.awq.gemv import awq_gemv
 from plugins.awq.mma_gemv import MMA_GROUP, MMA_MAX_M, awq_mma_gemv, mma_supported
 from plugins.awq.mma_ptx import MmaLayoutError
 from plugins.awq.reference import KCHUNK
+from plugins.awq.split_k import atomic_split_output, launch_result
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
 # it prefill. From DEQUANT_MIN_M on, prefill dequantizes to fp16 and calls cuBLAS: the
@@ -393,18 +394,12 @@ def awq_gemm(
         "the fma path computes one row per program (block_m=1)"
     )
     split_k, unroll = gemm_split(cfg, k)
-    partial = partial and split_k > 1
-    if partial:  # each split's fp32 partial sums: no zeroed y, no atomics
-        y = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
-    else:
-        y = (torch.zeros if split_k > 1 else torch.empty)(
-            (m, n), dtype=torch.float16, device=x.device
-        )
+    y = atomic_split_output(m, n, split_k, partial, x.device)  # fp32 [S, M, N] if partial
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), split_k)
     _awq_gemm_kernel[grid](
         x, qweight, scales, qzeros, y, m, n, k, x.stride(0), y.stride(-2),
         GROUP=group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
         MODE=mode, UNROLL=unroll, SPLIT_K=split_k, **pdl_launch(x), num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, PARTIAL=partial,
+        num_stages=cfg.num_stages, PARTIAL=y.dim() == 3,
     )  # fmt: skip
-    return PartialSums(y, torch.float16) if partial else y
+    return launch_result(y)

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from core.partial_sums import PartialSums
+
 MAX_TILES = 1 << 16  # counters in the per-device buffer: output tiles of one launch, at most
 _buffers: dict[tuple[str, int | None], torch.Tensor] = {}
 
@@ -59,3 +61,18 @@ def sum_splits(acc, ws_ptr, cnt_ptr, tile_id, n_tiles, lin, TILE: tl.constexpr):
         total += tl.load(ws_ptr + (k * n_tiles + tile_id) * TILE + lin, cache_modifier=".cg")
     tl.atomic_xchg(cnt_ptr + tile_id, 0)  # every split of this tile has arrived
     return total
+
+
+def atomic_split_output(m: int, n: int, split_k: int, partial: bool, device: torch.device):
+    """The output of a launch whose splits add fp16 partials into y with atomics (the CUDA-core
+    GEMV, the tl.dot paths): y [M, N] fp16, zeroed where split_k > 1; with ``partial`` (and
+    split_k > 1) each split's fp32 partial sums [S, M, N] instead (core/partial_sums.py). The
+    launch writes y's rows ``stride(-2)`` apart; :func:`launch_result` is what it returns."""
+    if partial and split_k > 1:
+        return torch.empty((split_k, m, n), dtype=torch.float32, device=device)
+    return (torch.zeros if split_k > 1 else torch.empty)((m, n), dtype=torch.float16, device=device)
+
+
+def launch_result(y: torch.Tensor) -> torch.Tensor | PartialSums:
+    """y, or the partial sums :func:`atomic_split_output` made in its place."""
+    return PartialSums(y, torch.float16) if y.dim() == 3 else y
