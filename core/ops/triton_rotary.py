@@ -2,8 +2,9 @@
 
 cos/sin come from the layer (fp32, one row per token, dynamic NTK already applied), so the kernel
 is a pure gather-rotate-store. Grid (T, 2): program (t, 0) rotates token t's query heads, (t, 1)
-its key heads. q/k may be strided views of the fused qkv output; the results are new
-contiguous tensors, as the reference returns. ``rotary_store_kv`` is the same launch with
+its key heads (given a GEMM's split-K partial sums, blocks of PARTIAL_SUM_HEADS heads per
+program: grid (T, query blocks + key blocks)). q/k may be strided views of the fused qkv output;
+the results are new contiguous tensors, as the reference returns. ``rotary_store_kv`` is the same launch with
 program (t, 1) writing the rotated key heads and the value heads straight into the token's
 paged-cache slot (what rotary followed by store_kv does in two launches).
 """
@@ -20,13 +21,18 @@ from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
 from core.partial_sums import PartialSums, total
 
+# heads per program where q, k, v are split-K partial sums (internlm-chat-20b: 5 query and 5
+# key / value programs per token instead of 1 and 1); a power of two
+PARTIAL_SUM_HEADS = 8
+
 
 @triton.jit
 def _rotate_heads(x_ptr, dst, c, s, t, stride_xt, stride_xh, dst_stride_h, num_heads, half,
-                  stride_split, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                  stride_split, h0, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
                   SPLITS: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
-    # token t's heads of x (or SPLITS partial sums of them), rotated, to dst + head * dst_stride_h
-    heads = tl.arange(0, BLOCK_H)[:, None]  # (BH, 1)
+    # token t's heads h0 .. h0 + BLOCK_H - 1 of x (or SPLITS partial sums of them), rotated, to
+    # dst + head * dst_stride_h
+    heads = h0 + tl.arange(0, BLOCK_H)[:, None]  # (BH, 1)
     offs = tl.arange(0, BLOCK_HALF)[None, :]  # (1, BD/2)
     mask = (heads < num_heads) & (offs < half)
     src = x_ptr + t * stride_xt + heads * stride_xh + offs
@@ -49,29 +55,34 @@ def _rotary_kernel(
     BLOCK_SIZE: tl.constexpr, STORE: tl.constexpr, USE_PDL: tl.constexpr,
     SPLITS: tl.constexpr = 0,
 ):  # fmt: skip
-    # q, k, v: tensors, or (SPLITS > 0) a GEMM's split-K partial sums of them, stride_split apart
+    # q, k, v: tensors, or (SPLITS > 0) a GEMM's split-K partial sums of them, stride_split apart.
+    # Program (t, j): token t's query heads block j (BLOCK_H heads) for j < the number of such
+    # blocks, else key / value heads block j - that (BLOCK_HK heads).
     pdl_start(USE_PDL)
     dtype = q_out_ptr.dtype.element_ty
     t = tl.program_id(0).to(tl.int64)
+    q_blocks = tl.cdiv(num_heads, BLOCK_H)
+    j = tl.program_id(1)
     offs = tl.arange(0, BLOCK_HALF)
     c = tl.load(cos_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
     s = tl.load(sin_ptr + t * stride_ct + offs, mask=offs < half, other=0.0)[None, :]
-    if tl.program_id(1) == 0:
+    if j < q_blocks:
         _rotate_heads(q_ptr, q_out_ptr + t * num_heads * 2 * half, c, s, t, stride_qt, stride_qh,
-                      2 * half, num_heads, half, stride_split, BLOCK_H, BLOCK_HALF, SPLITS,
-                      dtype)  # fmt: skip
+                      2 * half, num_heads, half, stride_split, j * BLOCK_H, BLOCK_H, BLOCK_HALF,
+                      SPLITS, dtype)  # fmt: skip
     elif not STORE:
         _rotate_heads(k_ptr, k_out_ptr + t * num_kv_heads * 2 * half, c, s, t, stride_kt,
-                      stride_kh, 2 * half, num_kv_heads, half, stride_split, BLOCK_HK, BLOCK_HALF,
-                      SPLITS, dtype)  # fmt: skip
+                      stride_kh, 2 * half, num_kv_heads, half, stride_split,
+                      (j - q_blocks) * BLOCK_HK, BLOCK_HK, BLOCK_HALF, SPLITS, dtype)  # fmt: skip
     else:  # rotated K and V straight into token t's cache slot (-1: a padded row, no write)
         slot = tl.load(slot_ptr + t).to(tl.int64)
         if slot >= 0:
             row = (slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+            h0 = (j - q_blocks) * BLOCK_HK
             _rotate_heads(k_ptr, k_cache_ptr + row, c, s, t, stride_kt, stride_kh, stride_ch,
-                          num_kv_heads, half, stride_split, BLOCK_HK, BLOCK_HALF, SPLITS,
+                          num_kv_heads, half, stride_split, h0, BLOCK_HK, BLOCK_HALF, SPLITS,
                           dtype)  # fmt: skip
-            heads = tl.arange(0, BLOCK_HK)[:, None]  # (BHk, 1)
+            heads = h0 + tl.arange(0, BLOCK_HK)[:, None]  # (BHk, 1)
             offs_d = tl.arange(0, 2 * BLOCK_HALF)[None, :]  # (1, BD)
             mask = (heads < num_kv_heads) & (offs_d < 2 * half)
             v_src = v_ptr + t * stride_vt + heads * stride_vh + offs_d
@@ -106,12 +117,18 @@ def _launch(q, k, v, cos, sin, q_out, k_out, k_cache, v_cache, slots) -> None:
         k_cache = v_cache = slots = q_out
     (qp, splits, split_stride), kp, vp = (input_args(x) for x in (q, k, v))
     assert kp[1:] == vp[1:] == (splits, split_stride), "q, k, v: partial sums of one GEMM"
-    _rotary_kernel[(t, 2)](
+    # one program for all query heads and one for all key / value heads of a token; partial
+    # sums are splits times the bytes, so their reads spread over blocks of heads
+    most = PARTIAL_SUM_HEADS if splits else max(h, hk)
+    block_h = min(triton.next_power_of_2(h), triton.next_power_of_2(most))
+    block_hk = min(triton.next_power_of_2(hk), triton.next_power_of_2(most))
+    grid = (t, triton.cdiv(h, block_h) + triton.cdiv(hk, block_hk))
+    _rotary_kernel[grid](
         qp, kp[0], vp[0], cos, sin, q_out, k_out, k_cache, v_cache, slots,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos.stride(0), *cache_strides, split_stride,
         h, hk, d // 2,
-        BLOCK_H=triton.next_power_of_2(h), BLOCK_HK=triton.next_power_of_2(hk),
+        BLOCK_H=block_h, BLOCK_HK=block_hk,
         BLOCK_HALF=triton.next_power_of_2(d // 2), BLOCK_SIZE=k_cache.shape[1] if store else 1,
         STORE=store, **pdl_launch(q_out), num_warps=4, SPLITS=splits,
     )  # fmt: skip
