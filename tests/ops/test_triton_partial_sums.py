@@ -29,6 +29,15 @@ def test_add_rms_norm_adds_the_partial_sums_it_reads(target, splits):
     assert torch.equal(summed, want_summed) and torch.equal(normed, want_normed)
 
 
+def test_rms_norm_adds_the_partial_sums_it_reads(target):
+    from core.ops.triton_norm import rms_norm
+
+    device, dtype = target
+    x = partials((3, 64), 3, dtype, device)
+    weight = (1 + 0.1 * torch.randn(64, device=device)).to(dtype)
+    assert torch.equal(rms_norm(x, weight, 1e-6), rms_norm(x.total(), weight, 1e-6))
+
+
 @pytest.mark.parametrize("splits", [2, 4])
 def test_silu_mul_adds_the_partial_sums_it_reads(target, splits):
     from core.ops.triton_activation import silu_mul
