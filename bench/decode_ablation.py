@@ -43,8 +43,8 @@ from core.ops.triton_pdl import pdl_release
 from core.sampling_params import SamplingParams
 from plugins.awq import mma_gemv
 
-COLUMNS = ["batch", "context", "ablated", "graph_ms", "full_ms", "saved_ms", "launches_removed",
-           "saved_us_per_launch"]  # fmt: skip
+COLUMNS = ["split_k_sum", "batch", "context", "ablated", "graph_ms", "full_ms", "saved_ms",
+           "launches_removed", "saved_us_per_launch"]  # fmt: skip
 
 
 def _halve(x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +151,20 @@ def replay_ms(engine: Engine, batch: int, prompt: int, steps: int, seed: int) ->
     return ms
 
 
+def chosen_ablations(names: list[str] | None) -> list[str]:
+    """``ablations=``: the ones named (in order), or every one (null); an unknown name fails
+    before any model is built."""
+    if names is None:
+        return list(ABLATIONS)
+    unknown = [n for n in names if n not in ABLATIONS]
+    if unknown:
+        raise SystemExit(
+            f"ablations={list(names)}: unknown {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(ABLATIONS)} ([] times the full graphs only)"
+        )
+    return list(names)
+
+
 def run(cfg) -> list[dict]:
     if not torch.cuda.is_available() or cfg.engine.device == "cpu":
         raise SystemExit("decode_ablation times the decode CUDA graphs: it needs a CUDA GPU")
@@ -158,16 +172,22 @@ def run(cfg) -> list[dict]:
         raise SystemExit(
             "decode_ablation times the decode CUDA graphs: set engine.cuda_graphs=true"
         )
+    chosen = chosen_ablations(cfg.ablations)
     name, out_dir = gpu_name(), Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"{name} | {versions()}")
+    print(f"{name} | {versions()} | kernels.split_k_sum={cfg.kernels.split_k_sum}")
     cfg.engine.max_batch_size = max(cfg.engine.max_batch_size, max(cfg.concurrency))
     engine = Engine(cfg)
     model, graphs = engine.runner.model, engine.runner.graphs
     prompt, steps = (int(v) for v in cfg.token_pairs[0])
     full = {b: replay_ms(engine, b, prompt, steps, cfg.seed) for b in cfg.concurrency}
-    rows = []
-    for ablation in ABLATIONS:
+    mode = cfg.kernels.split_k_sum
+    rows = [{"split_k_sum": mode, "batch": b, "context": prompt + steps, "ablated": "none", "graph_ms": ms,
+             "full_ms": ms, "saved_ms": 0.0, "launches_removed": 0,
+             "saved_us_per_launch": float("nan")} for b, ms in full.items()]  # fmt: skip
+    for b, ms in full.items():
+        print(f"batch {b:3d} context {prompt + steps}: full graph {ms:.3f} ms", flush=True)
+    for ablation in chosen:
         restore = ablate(model, ablation)
         try:
             graphs.capture()  # the same sizes again, without the op
@@ -177,7 +197,7 @@ def run(cfg) -> list[dict]:
         n = launches_removed(model, ablation)
         for b, ms in times.items():
             saved = full[b] - ms
-            rows.append({"batch": b, "context": prompt + steps, "ablated": ablation,
+            rows.append({"split_k_sum": mode, "batch": b, "context": prompt + steps, "ablated": ablation,
                          "graph_ms": ms, "full_ms": full[b], "saved_ms": saved,
                          "launches_removed": n,
                          "saved_us_per_launch": saved * 1e3 / n if n else float("nan")})  # fmt: skip
@@ -185,7 +205,8 @@ def run(cfg) -> list[dict]:
             print(f"batch {b:3d} context {prompt + steps}: without {ablation:9s} "
                   f"{ms:.3f} ms (full {full[b]:.3f}): {saved:+.3f} ms{per}", flush=True)  # fmt: skip
     graphs.capture()  # leave the engine as it was
-    path = out_dir / f"decode_ablation-{gpu_slug(name)}.csv"
+    suffix = "" if mode == "gemm" else f"-{mode}"  # one file per kernels.split_k_sum
+    path = out_dir / f"decode_ablation-{gpu_slug(name)}{suffix}.csv"
     write_csv(rows, COLUMNS, path)
     print(f"wrote {path}")
     return rows

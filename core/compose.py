@@ -67,6 +67,8 @@ class BenchConfig(NybbleConfig):
     server_url: str = "http://127.0.0.1:23333"  # api_serving: a running `nybble frontend=api`
     request_timeout: float = 600.0  # api_serving: seconds before a request counts as failed
     seed: int = 0
+    # decode_ablation: which ops to leave out (null = every one it knows)
+    ablations: list[str] | None = None
 
 
 @dataclass

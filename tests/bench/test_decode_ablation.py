@@ -77,3 +77,13 @@ def test_stand_ins_keep_shapes(engine):
 def test_an_unknown_ablation_names_the_choices(engine):
     with pytest.raises(ValueError, match="unknown ablation 'lm_head': one of silu_mul, rope"):
         decode_ablation.ablate(engine.runner.model, "lm_head")
+
+
+def test_ablations_option_picks_them_in_order_and_names_unknown_ones():
+    assert decode_ablation.chosen_ablations(None) == list(decode_ablation.ABLATIONS)
+    assert decode_ablation.chosen_ablations(["rope_store", "split_k_sum"]) == [
+        "rope_store", "split_k_sum",
+    ]  # fmt: skip
+    assert decode_ablation.chosen_ablations([]) == []
+    with pytest.raises(SystemExit, match="ablations=.*unknown 'lm_head'; choose from silu_mul"):
+        decode_ablation.chosen_ablations(["norm", "lm_head"])
