@@ -13,10 +13,11 @@ Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope`` the rotation ins
 ``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch;
 ``split_k_sum`` the tensor-core GEMV's split-K reduction (plugins/awq/split_k.py: each split
 stores its fp32 partial sums and exits, nobody adds them, y is left unwritten): the most that
-adding the partials elsewhere (in the kernel that reads y) could save. Run it with the default
-``kernels.split_k_sum=gemm``: under ``consumer`` a stand-in (not an op that adds partial sums)
-is handed their total, summed by torch in extra launches. With ``consumer``, the full graphs'
-times are the other side of that A/B.
+adding the partials elsewhere (in the kernel that reads y) could save; it means that only with
+``kernels.split_k_sum=gemm`` (under the default ``consumer`` the ops still read the partials).
+The other stand-ins pass split-K partial sums on as fp16 views, launching nothing, so they
+work in both modes. ``ablations=[]`` times the full graphs only: with
+``kernels.split_k_sum=gemm`` and ``consumer``, that is the A/B of the two.
 Writes decode_ablation-<gpu>.csv: one row per batch and ablation, with the full graph's time,
 the saving per step and, where launches go away, per launch.
 """
@@ -40,6 +41,7 @@ from core.layers.activation import SiluAndMul
 from core.layers.attention import PagedAttention
 from core.layers.rmsnorm import RMSNorm
 from core.ops.triton_pdl import pdl_release
+from core.partial_sums import PartialSums, adds_partial_sums
 from core.sampling_params import SamplingParams
 from plugins.awq import mma_gemv
 
@@ -47,27 +49,42 @@ COLUMNS = ["split_k_sum", "batch", "context", "ablated", "graph_ms", "full_ms", 
            "launches_removed", "saved_us_per_launch"]  # fmt: skip
 
 
-def _halve(x: torch.Tensor) -> torch.Tensor:
+def _view(x: torch.Tensor | PartialSums) -> torch.Tensor:
+    """``x``, or for split-K partial sums (kernels.split_k_sum=consumer) a same-shaped fp16 view
+    of split 0's bits: a tensor a stand-in can pass on without launching anything (nonsense
+    values; only timings count here)."""
+    if not isinstance(x, PartialSums):
+        return x
+    part = x.parts[0]
+    return part.view(torch.float16)[..., : part.shape[-1]]
+
+
+def _halve(x: torch.Tensor | PartialSums) -> torch.Tensor:
+    x = _view(x)
     return x[:, : x.shape[1] // 2]  # the gate half: [T, 2I] -> [T, I], a view, no launch
 
 
 def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
-    """The op attributes of ``module`` that ``ablation`` replaces, with their stand-ins."""
+    """The op attributes of ``module`` that ``ablation`` replaces, with their stand-ins (each
+    takes split-K partial sums as they come: no total, no launch)."""
     if ablation == "silu_mul" and isinstance(module, SiluAndMul):
-        return {"_op": _halve}
+        return {"_op": adds_partial_sums(_halve)}
     if ablation == "norm" and isinstance(module, RMSNorm):
-        return {"_norm": lambda x, w, eps: x, "_add_norm": lambda x, res, w, eps: (x, res)}
+        return {"_norm": adds_partial_sums(lambda x, w, eps: _view(x)),
+                "_add_norm": adds_partial_sums(lambda x, res, w, eps: (_view(x), res))}  # fmt: skip
     if isinstance(module, PagedAttention):
         if ablation == "attention":
             return {"_attend": lambda q, k_cache, v_cache, meta, scale: q}
         if ablation == "rope_store":
-            return {"_rope_store": lambda q, k, v, cos, sin, k_cache, v_cache, slots: q}
+            return {"_rope_store": adds_partial_sums(
+                lambda q, k, v, cos, sin, k_cache, v_cache, slots: _view(q))}  # fmt: skip
         if ablation == "rope":
             store = module._store
 
+            @adds_partial_sums
             def store_only(q, k, v, cos, sin, k_cache, v_cache, slots):
-                store(k, v, k_cache, v_cache, slots)
-                return q
+                store(_view(k), _view(v), k_cache, v_cache, slots)
+                return _view(q)
 
             return {"_rope_store": store_only}
     return None
@@ -151,16 +168,23 @@ def replay_ms(engine: Engine, batch: int, prompt: int, steps: int, seed: int) ->
     return ms
 
 
-def chosen_ablations(names: list[str] | None) -> list[str]:
-    """``ablations=``: the ones named (in order), or every one (null); an unknown name fails
-    before any model is built."""
+def chosen_ablations(names: list[str] | None, split_k_sum: str = "gemm") -> list[str]:
+    """``ablations=``: the ones named (in order), or every one that means something under
+    ``kernels.split_k_sum`` (null); an unknown or meaningless name fails before any model is
+    built."""
+    known = [a for a in ABLATIONS if a != "split_k_sum" or split_k_sum == "gemm"]
     if names is None:
-        return list(ABLATIONS)
+        return known
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
         raise SystemExit(
             f"ablations={list(names)}: unknown {', '.join(map(repr, unknown))}; "
             f"choose from {', '.join(ABLATIONS)} ([] times the full graphs only)"
+        )
+    if "split_k_sum" in names and "split_k_sum" not in known:
+        raise SystemExit(
+            f"ablations={list(names)}: split_k_sum leaves out the GEMM's own split-K reduction, "
+            f"which kernels.split_k_sum={split_k_sum} does not run; add kernels.split_k_sum=gemm"
         )
     return list(names)
 
@@ -172,7 +196,7 @@ def run(cfg) -> list[dict]:
         raise SystemExit(
             "decode_ablation times the decode CUDA graphs: set engine.cuda_graphs=true"
         )
-    chosen = chosen_ablations(cfg.ablations)
+    chosen = chosen_ablations(cfg.ablations, cfg.kernels.split_k_sum)
     name, out_dir = gpu_name(), Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"{name} | {versions()} | kernels.split_k_sum={cfg.kernels.split_k_sum}")

@@ -61,9 +61,9 @@ class QuantConfig:
 @dataclass
 class KernelsConfig:
     backend: str = "auto"  # auto (triton on CUDA, torch elsewhere), triton, torch
-    # who adds a decode GEMM's split-K partial sums: the GEMM itself (gemm), or the op that reads
-    # its output, as it loads it (consumer: core/partial_sums.py)
-    split_k_sum: str = "gemm"
+    # who adds a decode GEMM's split-K partial sums: the op that reads its output, as it loads it
+    # (consumer: core/partial_sums.py), or the GEMM itself (gemm)
+    split_k_sum: str = "consumer"
 
 
 @dataclass

@@ -30,7 +30,7 @@ class KernelTable:
         registry: Registry,
         backend: str,
         device: torch.device | str,
-        split_k_sum: str = "gemm",
+        split_k_sum: str = "consumer",
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"kernels.backend={backend!r}: expected one of {BACKENDS}")

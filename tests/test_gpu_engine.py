@@ -32,7 +32,7 @@ def engine(
     dtype: str,
     quant: str = "none",
     pdl: bool = True,
-    split_k_sum: str = "gemm",
+    split_k_sum: str = "consumer",
     **model,
 ) -> Engine:
     mc = tiny_model_config(vocab_size=1024, session_len=512, max_position_embeddings=512, **model)
@@ -100,7 +100,8 @@ def test_ops_adding_the_split_k_partial_sums_change_no_token_or_logprob():
     not the same bits)."""
     mk = dict(hidden_size=512, intermediate_size=1024, num_heads=4)
     prompts = [[5, 9, 200], [77], [3, 1, 4, 1, 5], [900, 12], [8, 8, 8, 8, 8]]  # 16 tokens
-    gemm = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy", **mk)
+    gemm = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy",
+                  split_k_sum="gemm", **mk)  # fmt: skip
     consumer = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy",
                       split_k_sum="consumer", **mk)  # fmt: skip
     assert consumer.runner.kernels.partial_sums and not gemm.runner.kernels.partial_sums

@@ -87,3 +87,19 @@ def test_ablations_option_picks_them_in_order_and_names_unknown_ones():
     assert decode_ablation.chosen_ablations([]) == []
     with pytest.raises(SystemExit, match="ablations=.*unknown 'lm_head'; choose from silu_mul"):
         decode_ablation.chosen_ablations(["norm", "lm_head"])
+    # the GEMM's own reduction runs only with kernels.split_k_sum=gemm
+    assert "split_k_sum" not in decode_ablation.chosen_ablations(None, "consumer")
+    with pytest.raises(SystemExit, match="add kernels.split_k_sum=gemm"):
+        decode_ablation.chosen_ablations(["split_k_sum"], "consumer")
+
+
+def test_stand_ins_view_partial_sums_without_copying():
+    from core.partial_sums import PartialSums
+
+    p = PartialSums(torch.randn(3, 2, 10), torch.float16)
+    v = decode_ablation._view(p)
+    assert v.shape == (2, 10) and v.dtype == torch.float16
+    assert v.untyped_storage().data_ptr() == p.parts.untyped_storage().data_ptr()
+    assert decode_ablation._halve(p).shape == (2, 5)
+    t = torch.zeros(2, 4)
+    assert decode_ablation._view(t) is t
