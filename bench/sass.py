@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from bench.kernels import GROUP, SHAPES
+from plugins.awq import dot_gemm
 from plugins.awq import gemv as gemv_module
 from plugins.awq import kernels as awq_kernels
 from plugins.awq import mma_gemv as mma_module
@@ -126,11 +127,11 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
         consts = dict(TILES=tiles, TPW=tiles // cfg.num_warps, XB=8 if m <= 8 else 16,
                       SPLIT=cfg.split_k > 1, ASM=True, UNROLL=cfg.unroll, PREFETCH=cfg.prefetch,
                       USE_PDL=True)  # fmt: skip
-    elif cfg.path in awq_kernels.MODES:
-        fn = awq_kernels._awq_gemm_kernel
-        split_k, unroll = awq_kernels.gemm_split(cfg, k)
+    elif cfg.path in dot_gemm.MODES:
+        fn = dot_gemm._awq_gemm_kernel
+        split_k, unroll = dot_gemm.gemm_split(cfg, k)
         consts = dict(GROUP=GROUP, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, GROUP_M=cfg.group_m,
-                      MODE=awq_kernels.MODES[cfg.path], UNROLL=unroll, SPLIT_K=split_k,
+                      MODE=dot_gemm.MODES[cfg.path], UNROLL=unroll, SPLIT_K=split_k,
                       USE_PDL=True)  # fmt: skip
     else:
         raise ValueError(f"M={m}: path {cfg.path!r} is not a decode kernel")

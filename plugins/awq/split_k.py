@@ -13,6 +13,10 @@ Used by the tensor-core GEMV (plugins/awq/mma_gemv.py; split index: grid axis 1)
 measured the same speed as fp16 atomics into a zeroed output. The tl.dot paths of decode batches
 17-64 keep fp16 atomics: with this reduction their 32 x 64 fp32 partial tiles made the batch-32
 decode graph 17.61 -> 18.65 ms on an H200 (bench/results/decode_profile-h200-b32-split-k.log).
+
+With kernels.split_k_sum=consumer (the default; core/partial_sums.py) none of this runs: every
+path's splits store their fp32 partial sums per split and the next op adds them, in split order
+(``atomic_split_output`` / ``launch_result`` below for the paths that would use atomics).
 """
 
 from __future__ import annotations
