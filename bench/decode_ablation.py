@@ -2,15 +2,16 @@
 
 Kernel durations from the profiler (task=decode_profile) overlap under programmatic dependent
 launch, so they cannot say what a fusion would save. Here the decode CUDA graphs are captured
-again with one op replaced by a shape-preserving stand-in that launches nothing (or, for ``rope``,
-the plain KV write in place of the fused rotary + KV write), and the graph's replay time is
-compared with the full graph's at the same batch and context: the difference is the most that
+again with one op replaced by a shape-preserving stand-in that launches nothing (or, for
+``attention``, the rotary + KV write that decode attention otherwise does itself), and the
+graph's replay time is compared with the full graph's at the same batch and context: the difference is the most that
 fusing the op away, or making it free, can save. The stand-ins compute nonsense (tokens are
 sampled greedily so NaN logits do no harm); only the timings mean anything. CUDA only.
 
-Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope`` the rotation inside the KV write;
-``rope_store`` the whole rotary + KV write launch (attention reads a cache without the new token);
-``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention launch;
+Ablations (per layer): ``silu_mul`` the SwiGLU launch; ``rope_store`` the rotation and the KV
+write inside the decode attention launch (attention alone, over a cache without the new token);
+``norm`` both RMSNorm launches (and the final norm); ``attention`` the decode attention (the
+rotation and the KV write stay, in rotary_store_kv's own launch);
 ``split_k_sum`` the tensor-core GEMV's split-K reduction (plugins/awq/split_k.py: each split
 stores its fp32 partial sums and exits, nobody adds them, y is left unwritten): the most that
 adding the partials elsewhere (in the kernel that reads y) could save; it means that only with
@@ -40,8 +41,9 @@ from core.engine import Engine
 from core.layers.activation import SiluAndMul
 from core.layers.attention import PagedAttention
 from core.layers.rmsnorm import RMSNorm
+from core.ops import reference
 from core.ops.triton_pdl import pdl_release
-from core.partial_sums import PartialSums, adds_partial_sums
+from core.partial_sums import PartialSums, adds_partial_sums, total
 from core.sampling_params import SamplingParams
 from plugins.awq import mma_gemv
 
@@ -64,6 +66,18 @@ def _halve(x: torch.Tensor | PartialSums) -> torch.Tensor:
     return x[:, : x.shape[1] // 2]  # the gate half: [T, 2I] -> [T, I], a view, no launch
 
 
+@adds_partial_sums
+def _rope_store_only(q, k, v, cos, sin, k_cache, v_cache, meta, scale):
+    """rope_paged_attention without the attention: the rotation and the KV write in their own
+    launch (the Triton one on CUDA), the rotated q passed on."""
+    if q.device.type == "cuda":
+        from core.ops.triton_rotary import rotary_store_kv
+
+        return rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping)
+    q, k, v = (total(x) for x in (q, k, v))
+    return reference.rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping)
+
+
 def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
     """The op attributes of ``module`` that ``ablation`` replaces, with their stand-ins (each
     takes split-K partial sums as they come: no total, no launch)."""
@@ -73,20 +87,14 @@ def _stand_ins(module: nn.Module, ablation: str) -> dict[str, Callable] | None:
         return {"_norm": adds_partial_sums(lambda x, w, eps: _view(x)),
                 "_add_norm": adds_partial_sums(lambda x, res, w, eps: (_view(x), res))}  # fmt: skip
     if isinstance(module, PagedAttention):
-        if ablation == "attention":
-            return {"_attend": lambda q, k_cache, v_cache, meta, scale: q}
-        if ablation == "rope_store":
-            return {"_rope_store": adds_partial_sums(
-                lambda q, k, v, cos, sin, k_cache, v_cache, slots: _view(q))}  # fmt: skip
-        if ablation == "rope":
-            store = module._store
-
-            @adds_partial_sums
-            def store_only(q, k, v, cos, sin, k_cache, v_cache, slots):
-                store(_view(k), _view(v), k_cache, v_cache, slots)
-                return _view(q)
-
-            return {"_rope_store": store_only}
+        if ablation == "attention":  # the rotation and the KV write stay, in their own launch
+            return {"_attend": lambda q, k_cache, v_cache, meta, scale: q,
+                    "_rope_attend": _rope_store_only}  # fmt: skip
+        if ablation == "rope_store":  # attention alone: no rotation, no KV write
+            attend = module._attend
+            return {"_rope_attend": adds_partial_sums(
+                lambda q, k, v, cos, sin, k_cache, v_cache, meta, scale: attend(
+                    _view(q), k_cache, v_cache, meta, scale))}  # fmt: skip
     return None
 
 
@@ -123,10 +131,10 @@ def _swap_gemv_kernel() -> Callable[[], None]:
     return restore
 
 
-# ablation -> whether its stand-in removes the op's launches (rope keeps the KV write's, and
-# split_k_sum the GEMV's)
-ABLATIONS = {"silu_mul": True, "rope": False, "rope_store": True, "norm": True,
-             "attention": True, "split_k_sum": False}  # fmt: skip
+# ablation -> whether its stand-in removes the op's launches (rope_store leaves out work inside
+# the attention launch, and split_k_sum inside the GEMV's)
+ABLATIONS = {"silu_mul": True, "rope_store": False, "norm": True, "attention": True,
+             "split_k_sum": False}  # fmt: skip
 
 
 def ablate(model: nn.Module, ablation: str) -> Callable[[], None]:

@@ -7,14 +7,20 @@ sampling ops and their per-row inputs; sample: waiting for the step's tokens and
 them; report: detokenize, stop checks, outputs, which with ``engine.async_output`` run while
 the next step computes). On CUDA the captured graph is also replayed alone and timed with
 events: its time is the model's share of a step. The rest of the step's wall time (``host_ms``)
-is all that runs outside the graph: the sampling kernels and the input copies on the GPU (~40
-eager ops, not timed apart here) and host work the GPU waits for; the phase columns time the
-host's side. Writes step_breakdown-<gpu>.csv.
+is all that runs outside the graph: the sampling kernels and the input copies on the GPU and
+host work the GPU waits for; the phase columns time the host's side. On CUDA a few more steps
+run under torch.profiler for the device's side: per step, how long the GPU was busy and idle
+(between the first and last kernel or copy of the window) and the kernels and copies outside
+the model's groups (bench/decode_profile.py's ``group_of``: the sampler's, the input copies),
+the costliest of which are printed. Writes step_breakdown-<gpu>.csv.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +36,11 @@ from core.sampling_params import SamplingParams
 
 PHASES = ("schedule", "execute", "sampler_launch", "sample", "report")
 COLUMNS = ["batch", "prompt_tokens", "steps", "step_ms", "graph_ms", "host_ms", "limit_ms",
-           "frac_limit", "graph_frac_limit"] + [f"{p}_ms" for p in PHASES]  # fmt: skip
+           "frac_limit", "graph_frac_limit"] + [f"{p}_ms" for p in PHASES] + [
+           "gpu_busy_ms", "gpu_idle_ms", "outside_model_ms"]  # fmt: skip
+PROFILED_STEPS = 20
+# trace event categories of device work
+_DEVICE = ("kernel", "gpu_memcpy", "gpu_memset")
 
 
 class _Timers:
@@ -63,8 +73,49 @@ def graph_replay_ms(engine: Engine, batch: int, replays: int = 50) -> float:
     return median_replay_ms(graphs.graphs[bs], replays)
 
 
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: the time at least one of them runs."""
+    busy, end = 0.0, float("-inf")
+    for lo, hi in sorted(intervals):
+        if hi > end:
+            busy += hi - max(lo, end)
+            end = hi
+    return busy
+
+
+def device_timeline(engine: Engine, steps: int) -> tuple[float, float, dict[str, list[float]]]:
+    """Run ``steps`` engine steps under torch.profiler: the GPU's busy and idle milliseconds per
+    step over the window of its work, and {name: [calls, us]} per step of the kernels and
+    copies outside the model's groups."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from bench.decode_profile import group_of
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("cat") in _DEVICE]
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events]
+    busy = busy_time(spans)
+    window = max(hi for _, hi in spans) - min(lo for lo, _ in spans)
+    outside: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    for e in events:
+        if e["cat"] != "kernel" or group_of(e["name"]) == "other":
+            outside[e["name"]][0] += 1 / steps
+            outside[e["name"]][1] += e["dur"] / steps
+    return busy / steps / 1e3, (window - busy) / steps / 1e3, dict(outside)
+
+
 def measure(engine: Engine, timers: _Timers, batch: int, prompt: int, steps: int, cfg, bw) -> dict:
-    params = SamplingParams.from_defaults(cfg.sampling, max_tokens=steps + 1, ignore_eos=True)
+    more = PROFILED_STEPS if engine.runner.graphs is not None else 0
+    params = SamplingParams.from_defaults(
+        cfg.sampling, max_tokens=steps + more + 1, ignore_eos=True
+    )
     rng = np.random.default_rng([cfg.seed, batch])  # no prefix-cache hits across batches
     vocab = engine.model_config.vocab_size
     for i in range(batch):
@@ -81,6 +132,14 @@ def measure(engine: Engine, timers: _Timers, batch: int, prompt: int, steps: int
         walls.append(time.perf_counter() - t0)
         timers.on = False
         per_step.append(dict(timers.acc))
+    busy = idle = outside_ms = float("nan")
+    if engine.runner.graphs is not None:  # CUDA: the device's side of a few more steps
+        busy, idle, outside = device_timeline(engine, PROFILED_STEPS)
+        outside_ms = sum(us for _, us in outside.values()) / 1e3
+        print(f"batch {batch:3d}: GPU busy {busy:.3f} ms, idle {idle:.3f} ms per step; outside "
+              f"the model's kernels {outside_ms * 1e3:.1f} us per step, the costliest:")  # fmt: skip
+        for name, (calls, us) in sorted(outside.items(), key=lambda kv: -kv[1][1])[:12]:
+            print(f"    {us:7.2f} us {calls:4.1f}x  {name[:100]}")
     while engine.has_unfinished():
         engine.step()
     step_ms = statistics.median(walls) * 1e3
@@ -92,6 +151,7 @@ def measure(engine: Engine, timers: _Timers, batch: int, prompt: int, steps: int
            "frac_limit": limit_ms / step_ms, "graph_frac_limit": limit_ms / graph_ms}  # fmt: skip
     for p in PHASES:
         row[f"{p}_ms"] = statistics.median(s[p] for s in per_step) * 1e3
+    row.update(gpu_busy_ms=busy, gpu_idle_ms=idle, outside_model_ms=outside_ms)
     return row
 
 

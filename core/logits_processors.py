@@ -95,24 +95,26 @@ def apply_temperature(logits: Tensor, temperature: Tensor) -> Tensor:
     return logits / temperature[:, None]
 
 
-def apply_top_k_top_p(
-    logits: Tensor, top_k: Tensor | None, top_p: Tensor | None, max_top_k: int | None = None
-) -> Tensor:
-    """Keep each row's top_k largest logits, then its nucleus: the smallest set of the most
-    likely tokens whose probability sums to >= top_p (always at least one token).
-
-    logits [B, V]; top_k [B] integers (>= V = off); top_p [B] in (0, 1] (1 = off). Either may
-    be None (off for every row). Dropped logits become -inf; ties at the k-th value are broken
-    by sort order, so exactly k survive. ``max_top_k``, a host-side bound on every row's top_k,
-    lets a partial topk replace the full sort of the vocabulary.
-    """
-    B, V = logits.shape
+def sorted_candidates(logits: Tensor, max_top_k: int | None = None) -> tuple[Tensor, Tensor]:
+    """Each row's logits in descending order and their token ids, [B, K] each: K = max_top_k (a
+    host-side bound on every row's top_k, which lets a partial topk replace the full sort of
+    the vocabulary) or V. Ties keep sort order."""
+    V = logits.shape[1]
     if max_top_k is not None and max_top_k <= TOPK_INSTEAD_OF_SORT:
-        sorted_logits, sorted_idx = logits.topk(min(max_top_k, V), dim=-1)  # [B, K] descending
-    else:
-        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)  # [B, V]
+        return logits.topk(min(max_top_k, V), dim=-1)  # [B, K] descending
+    return logits.sort(dim=-1, descending=True)  # [B, V]
+
+
+def truncate_sorted(sorted_logits: Tensor, top_k: Tensor | None, top_p: Tensor | None) -> Tensor:
+    """Descending logits [B, K] with the ones top_k and top_p drop set to -inf.
+
+    top_k [B] integers (>= K = off); top_p [B] in (0, 1] (1 = off); either may be None (off for
+    every row). A row keeps its top_k largest logits (exactly k: ties go by position), then its
+    nucleus: the smallest set of the most likely of those whose probability sums to >= top_p
+    (always at least one token).
+    """
     if top_k is not None:
-        positions = torch.arange(sorted_logits.shape[1], device=logits.device)  # [K]
+        positions = torch.arange(sorted_logits.shape[1], device=sorted_logits.device)  # [K]
         sorted_logits = sorted_logits.masked_fill(positions[None, :] >= top_k[:, None], -torch.inf)
     if top_p is not None:
         probs = sorted_logits.softmax(dim=-1)  # [B, K]
@@ -120,6 +122,15 @@ def apply_top_k_top_p(
         cum_before = torch.nn.functional.pad(cum[:, :-1], (1, 0))  # [B, K] mass of better tokens
         drop = (cum_before >= top_p[:, None]) & (top_p[:, None] < 1.0)  # [B, K]
         sorted_logits = sorted_logits.masked_fill(drop, -torch.inf)
+    return sorted_logits
+
+
+def apply_top_k_top_p(
+    logits: Tensor, top_k: Tensor | None, top_p: Tensor | None, max_top_k: int | None = None
+) -> Tensor:
+    """logits [B, V] with the tokens top_k and top_p drop (truncate_sorted) at -inf."""
+    sorted_logits, sorted_idx = sorted_candidates(logits, max_top_k)
+    sorted_logits = truncate_sorted(sorted_logits, top_k, top_p)
     return torch.full_like(logits, -torch.inf).scatter(-1, sorted_idx, sorted_logits)  # [B, V]
 
 
@@ -142,6 +153,38 @@ def sample_exponential(probs: Tensor, generators: Sequence[torch.Generator | Non
     for i, g in enumerate(generators):
         if g is not None:
             q[i].exponential_(generator=g)
+    return _race(probs, q)
+
+
+def sample_candidates(
+    probs: Tensor,
+    token_ids: Tensor,
+    generators: Sequence[torch.Generator | None],
+    draws: Sequence[int | None],
+) -> Tensor:
+    """One token per row from its candidates (probs [B, K] over token_ids [B, K], as
+    sorted_candidates orders them) by the same exponential race -> [B] int64.
+
+    A row with a generator draws draws[i] values for its first candidates (its top_k: the
+    others have probability 0), or with draws[i] None (no top_k: then K is the vocabulary) V
+    values in vocabulary order, as sample_exponential does. Either way what a seeded row draws
+    depends on its own settings alone, never on the batch around it.
+    """
+    q = torch.ones_like(probs)  # [B, K]
+    if any(g is None for g in generators):
+        q.exponential_()
+    for i, (g, n) in enumerate(zip(generators, draws, strict=True)):
+        if g is None:
+            continue
+        if n is None:
+            q[i] = torch.empty_like(probs[i]).exponential_(generator=g)[token_ids[i]]
+        else:
+            q[i, :n].exponential_(generator=g)
+    choice = _race(probs, q)  # [B] candidate index
+    return token_ids.gather(1, choice[:, None])[:, 0]
+
+
+def _race(probs: Tensor, q: Tensor) -> Tensor:
     # exponential_ may return 0 in fp32; a tiny floor keeps probs / q finite for dropped tokens.
     q.clamp_min_(torch.finfo(q.dtype).tiny)
     return (probs / q).argmax(dim=-1)  # [B]

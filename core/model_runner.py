@@ -20,7 +20,7 @@ from core.sequence import FedTokens
 
 log = logging.getLogger(__name__)
 
-GRAPH_OPS = ("store_kv", "rotary_store_kv", "paged_attention")
+GRAPH_OPS = ("store_kv", "paged_attention", "rope_paged_attention")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 

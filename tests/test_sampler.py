@@ -293,6 +293,23 @@ def test_seed_gives_the_same_tokens_alone_and_in_a_batch():
     assert len(set(alone)) > 1  # really sampled, not a constant
 
 
+@pytest.mark.parametrize("mine", [
+    SamplingParams(seed=42, temperature=0.9, top_k=5),
+    SamplingParams(seed=42, temperature=0.9, top_k=-1, top_p=0.9),
+    SamplingParams(seed=42, temperature=0.9, top_k=-1, top_p=1.0),
+])  # fmt: skip
+def test_a_seeded_row_draws_alike_whether_the_batch_takes_topk_sort_or_the_vocabulary(mine):
+    """Where every row has a top_k the sampler works on a partial topk, where one has none on a
+    full sort, where no row truncates on the whole vocabulary: a seeded row's tokens must not
+    depend on which of these its batch takes."""
+    alone = _decode(Sampler(), 10, [(mine, make_generator(42, "cpu"), [])], 0)
+    for other in (SamplingParams(temperature=1.0, top_k=40), SamplingParams(temperature=1.0),
+                  SamplingParams(temperature=1.0, top_p=0.5)):  # fmt: skip
+        rows = [(other, None, []), (mine, make_generator(42, "cpu"), [])]
+        assert _decode(Sampler(), 10, rows, 1) == alone, other
+    assert len(set(alone)) > 1  # really sampled, not a constant
+
+
 def test_logprobs_are_raw_log_softmax_with_sorted_top_alternatives():
     logits = _logits(4, 50, seed=8).to(torch.float16)
     raw = torch.log_softmax(logits.float(), dim=-1)

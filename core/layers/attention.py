@@ -28,8 +28,8 @@ class PagedAttention(nn.Module):
         self.k_cache = torch.empty(0)
         self.v_cache = torch.empty(0)
         self._store = kernels.get("store_kv")
-        self._rope_store = kernels.get("rotary_store_kv")
         self._attend = kernels.get("paged_attention")
+        self._rope_attend = kernels.get("rope_paged_attention")
 
     def forward(
         self,
@@ -40,13 +40,13 @@ class PagedAttention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # q [T, H, D], k/v [T, Hk, D] · rope: (cos, sin) [T, D/2] fp32 or None -> [T, H, D]
-        # With rope, q and k are rotated here, in the launch that writes k and v to the cache.
+        # With rope, q and k are rotated here (rope_paged_attention; on the GPU a decode step's
+        # rotation and KV write run inside its attention launch).
         # q, k, v may be the qkv GEMM's split-K partial sums (core/partial_sums.py).
         if rope is None:
             q = total(q)
             self._store(total(k), total(v), self.k_cache, self.v_cache, meta.slot_mapping)
-        else:
-            op = self._rope_store
-            q, k, v = (for_op(op, x) for x in (q, k, v))
-            q = op(q, k, v, *rope, self.k_cache, self.v_cache, meta.slot_mapping)
-        return self._attend(q, self.k_cache, self.v_cache, meta, self.scale)
+            return self._attend(q, self.k_cache, self.v_cache, meta, self.scale)
+        op = self._rope_attend
+        q, k, v = (for_op(op, x) for x in (q, k, v))
+        return op(q, k, v, *rope, self.k_cache, self.v_cache, meta, self.scale)

@@ -19,6 +19,7 @@ OPS = (
     "silu_mul",
     "store_kv",
     "paged_attention",
+    "rope_paged_attention",
 )
 
 
@@ -68,6 +69,13 @@ def paged_attention_triton(q, k_cache, v_cache, meta, scale):
     return paged_attention(q, k_cache, v_cache, meta, scale)
 
 
+@adds_partial_sums  # q, k, v may be a GEMM's split-K partial sums (core/partial_sums.py)
+def rope_paged_attention_triton(q, k, v, cos, sin, k_cache, v_cache, meta, scale):
+    from core.ops.triton_attention import rope_paged_attention
+
+    return rope_paged_attention(q, k, v, cos, sin, k_cache, v_cache, meta, scale)
+
+
 TRITON_OPS = {
     "rms_norm": rms_norm_triton,
     "add_rms_norm": add_rms_norm_triton,
@@ -76,6 +84,7 @@ TRITON_OPS = {
     "silu_mul": silu_mul_triton,
     "store_kv": store_kv_triton,
     "paged_attention": paged_attention_triton,
+    "rope_paged_attention": rope_paged_attention_triton,
 }
 
 

@@ -111,3 +111,20 @@ def paged_attention(
         probs = scores.softmax(dim=-1)
         out[q_lo:q_hi] = (probs @ v.float().transpose(0, 1)).transpose(0, 1).to(q.dtype)
     return out
+
+
+def rope_paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """rotary_store_kv, then paged_attention: RoPE on the new tokens' q and k, their k and v into
+    the cache, and their attention over the whole context. q [T, H, D]; k, v [T, Hk, D]."""
+    q = rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, meta.slot_mapping)
+    return paged_attention(q, k_cache, v_cache, meta, scale)

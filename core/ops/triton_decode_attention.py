@@ -41,7 +41,9 @@ import triton.language as tl
 
 from core.ops.paged_cache_shapes import check_paged_cache
 from core.ops.pdl import pdl_launch
+from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
+from core.partial_sums import PartialSums, total
 
 # Context tokens per inner step of a split program, its warps and pipeline stages, and the
 # programs per SM that the split count aims for at small batch. The tl.dot formulation (below)
@@ -56,7 +58,11 @@ BLOCK_N = 32
 SPLIT_BLOCK_N = 64
 NUM_WARPS = 4
 NUM_STAGES = 3
-PROGRAMS_PER_SM = 4
+# 2, not 4: in the internlm-chat-20b decode graph at context 512 (H100, one process), batch 8
+# then runs unsplit (320 programs) at 8.58 ms against 8.71 with 2 splits, batch 1 on 7 splits
+# at 6.16 against 6.18 with 14 (1 per SM: 6.31); batch 16 runs unsplit either way
+# (bench/results/decode-rope-attention-h100.log).
+PROGRAMS_PER_SM = 2
 MAX_SPLITS = 64
 QROWS = tl.constexpr(16)  # rows of the query tile: tl.dot's smallest M
 # Merge the partials in the split kernel (last arriver) rather than in a second kernel: on an
@@ -64,7 +70,9 @@ QROWS = tl.constexpr(16)  # rows of the query tile: tl.dot's smallest M
 # 22.5 at 1024, 52.6 vs 54.3 at 4096; bench/ops.py "triton-fused" vs "triton-2kernel" rows).
 # With the tl.dot split kernel on an H200 it is no longer clearly ahead: fused / two kernels
 # 8.4 / 6.9 us at 256 context, 11.9 / 11.7 at 1024, 25.7 / 26.0 at 4096
-# (bench/results/ops-decode-b1-h200.log); not re-decided end to end yet.
+# (bench/results/ops-decode-b1-h200.log). End to end it is a wash: the decode graph at context
+# 512 on an H100 took 6.18 / 8.71 ms at batch 1 / 8 fused, 6.19 / 8.69 with the second kernel
+# (bench/results/decode-rope-attention-h100.log).
 FUSED_REDUCE = True
 # Arrival counters allocated at least this many at a time (256 KiB): B * H of them are needed,
 # and one buffer then serves every batch size the engine captures.
@@ -125,14 +133,41 @@ def _merge_splits(
 
 
 @triton.jit
+def _rotated_rows(src, cos_row, sin_row, rows_mask, head_dim, stride_split,
+                  BLOCK_D: tl.constexpr, SPLITS: tl.constexpr, DTYPE: tl.constexpr):  # fmt: skip
+    """(16, BD) tile whose rows in ``rows_mask`` hold the head at ``src`` (a tensor row, or
+    SPLITS partial sums of it) rotated rotate-half (core/ops/triton_rotary.py's arithmetic)."""
+    half = head_dim // 2
+    offs_d = tl.arange(0, BLOCK_D)
+    first = offs_d < half
+    partner = tl.where(first, offs_d + half, offs_d - half)
+    pair = tl.where(first, offs_d, offs_d - half)  # index into cos / sin [D/2]
+    mask = rows_mask[:, None] & (offs_d < head_dim)[None, :]
+    zero = tl.arange(0, 16)[:, None] * 0  # (16, 1): every row reads the same head
+    x = load_input(src + zero + offs_d[None, :], mask, stride_split, SPLITS, DTYPE).to(tl.float32)
+    xp = load_input(src + zero + partner[None, :], mask, stride_split, SPLITS, DTYPE)
+    xp = xp.to(tl.float32)
+    c = tl.load(cos_row + pair, mask=offs_d < head_dim, other=0.0)[None, :]
+    s = tl.load(sin_row + pair, mask=offs_d < head_dim, other=0.0)[None, :]
+    return tl.where(first[None, :], x * c - xp * s, x * c + xp * s).to(DTYPE)
+
+
+@triton.jit
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr,
     out_ptr, part_acc_ptr, part_ml_ptr, counter_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs, stride_ch,
     scale_log2, num_kv_groups, head_dim, num_splits,
+    k_ptr, v_ptr, cos_ptr, sin_ptr, slot_ptr,
+    stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_split,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_S: tl.constexpr, DIRECT: tl.constexpr, FUSED: tl.constexpr, USE_PDL: tl.constexpr = False,
+    ROPE: tl.constexpr = False, SPLITS: tl.constexpr = 0,
 ):  # fmt: skip
+    # ROPE: q, k, v are the step's unrotated projections (tensors, or SPLITS split-K partial
+    # sums of them, stride_split apart): each program rotates its query head itself, and the one
+    # whose piece holds the new token (position ctx - 1) writes its rotated key and its value
+    # into the token's cache slot (slot_ptr; -1: a padded row, no write) before reading any
     pdl_start(USE_PDL)
     h = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -151,8 +186,28 @@ def _decode_split_kernel(
     is_q = rows == 0
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < head_dim
-    q_ptrs = q_ptr + b * stride_qt + h * stride_qh + rows[:, None] * 0 + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=is_q[:, None] & mask_d[None, :], other=0.0)  # (16, BD)
+    dtype = out_ptr.dtype.element_ty
+    if ROPE:
+        cos_row = cos_ptr + b * stride_ct
+        sin_row = sin_ptr + b * stride_ct
+        q = _rotated_rows(q_ptr + b * stride_qt + h * stride_qh, cos_row, sin_row, is_q,
+                          head_dim, stride_split, BLOCK_D, SPLITS, dtype)  # fmt: skip
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        if (slot >= 0) & (lo <= ctx - 1) & (ctx - 1 < hi):
+            row0 = is_q[:, None] & mask_d[None, :]
+            dst = ((slot // BLOCK_SIZE) * stride_cb + (slot % BLOCK_SIZE) * stride_cs
+                   + kvh * stride_ch + rows[:, None] * 0 + offs_d[None, :])  # fmt: skip
+            k_new = _rotated_rows(k_ptr + b * stride_kt + kvh * stride_kh, cos_row, sin_row,
+                                  is_q, head_dim, stride_split, BLOCK_D, SPLITS, dtype)  # fmt: skip
+            v_src = v_ptr + b * stride_vt + kvh * stride_vh + rows[:, None] * 0 + offs_d[None, :]
+            v_new = load_input(v_src, row0, stride_split, SPLITS, dtype)
+            tl.store(k_cache_ptr + dst, k_new.to(k_cache_ptr.dtype.element_ty), mask=row0)
+            tl.store(v_cache_ptr + dst, v_new.to(v_cache_ptr.dtype.element_ty), mask=row0)
+        # the key and value just stored are read back by this program's last tile
+        tl.debug_barrier()
+    else:
+        q_ptrs = q_ptr + b * stride_qt + h * stride_qh + rows[:, None] * 0 + offs_d[None, :]
+        q = tl.load(q_ptrs, mask=is_q[:, None] & mask_d[None, :], other=0.0)  # (16, BD)
     m_i = tl.full([QROWS], -float("inf"), dtype=tl.float32)
     l_i = tl.zeros([QROWS], dtype=tl.float32)
     acc = tl.zeros([QROWS, BLOCK_D], dtype=tl.float32)
@@ -230,13 +285,58 @@ def decode_attention(
     # q [B, H, D] (one token per sequence) · caches [NB, BS, Hk, D] · block_tables [B, MB] int32
     # · context_lens [B] int32 (read on the device) -> [B, H, D] (q's dtype).
     # fused: merge the splits in the split kernel (default FUSED_REDUCE) or in a second kernel.
+    assert q.stride(-1) == 1, "q: unit last stride"
+    return _attend(q, k_cache, v_cache, block_tables, context_lens, scale, splits, fused, None)
+
+
+def rope_decode_attention(
+    q: torch.Tensor | PartialSums,
+    k: torch.Tensor | PartialSums,
+    v: torch.Tensor | PartialSums,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    splits: int | None = None,
+    fused: bool | None = None,
+) -> torch.Tensor:
+    # q [B, H, D] · k, v [B, Hk, D] (strided views, or one GEMM's split-K partial sums) · cos/sin
+    # [B, D/2] fp32 · caches [NB, BS, Hk, D] · slot_mapping [B] (-1: no write) · block_tables,
+    # context_lens as decode_attention -> [B, H, D]. What rotary_store_kv then decode_attention
+    # compute, in one launch: the rotation and the new token's cache write happen in the
+    # attention programs (bench/results/decode-rope-attention-h200.log).
+    if len({(isinstance(x, PartialSums), input_args(x)[1:]) for x in (q, k, v)}) > 1:
+        q, k, v = (total(x) for x in (q, k, v))
+    bsz, h, d = q.shape
+    assert k.shape == v.shape == (bsz, k_cache.shape[2], d), (
+        f"k, v: expected [{bsz}, {k_cache.shape[2]}, {d}], got {tuple(k.shape)}, {tuple(v.shape)}"
+    )
+    assert all(x.stride(-1) == 1 for x in (q, k, v)), "q, k, v: unit last stride"
+    assert cos.shape == (bsz, d // 2) and sin.shape == cos.shape and d % 2 == 0, (
+        f"cos/sin: expected ({bsz}, {d // 2}) for an even head_dim, got {tuple(cos.shape)}"
+    )
+    assert cos.dtype == sin.dtype == torch.float32 and cos.stride() == sin.stride(), (
+        "cos/sin: fp32, the same strides"
+    )
+    assert cos.stride(-1) == 1, "cos/sin: unit last stride"
+    assert slot_mapping.shape == (bsz,), (
+        f"slot_mapping: expected ({bsz},), got {tuple(slot_mapping.shape)}"
+    )
+    rope = (k, v, cos, sin, slot_mapping)
+    return _attend(q, k_cache, v_cache, block_tables, context_lens, scale, splits, fused, rope)
+
+
+def _attend(q, k_cache, v_cache, block_tables, context_lens, scale, splits, fused, rope):
     bsz, h, d = q.shape
     nb, block_size, hk, dk = k_cache.shape
     check_paged_cache(h, d, bsz, k_cache, v_cache, block_tables)
     assert context_lens.shape == (bsz,), (
         f"context_lens: expected ({bsz},), got {tuple(context_lens.shape)}"
     )
-    assert q.stride(-1) == 1, "q: unit last stride"
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if bsz == 0:
         return out
@@ -253,19 +353,27 @@ def decode_attention(
         part_acc = torch.empty((bsz, h, splits, block_d), dtype=torch.float32, device=q.device)
         part_ml = torch.empty((bsz, h, splits, 2), dtype=torch.float32, device=q.device)
         counters = _counters(q.device, bsz * h) if fused else out  # [>= B * H] int32
+    q_src, num_parts, split_stride = input_args(q)
+    if rope is None:  # unused pointers (ROPE is a constexpr: that branch is not compiled)
+        k = v = cos = sin = slots = out
+    else:
+        k, v, cos, sin, slots = rope
     _decode_split_kernel[(h, bsz, splits)](
-        q, k_cache, v_cache, block_tables, context_lens,
+        q_src, k_cache, v_cache, block_tables, context_lens,
         out, part_acc, part_ml, counters,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         *k_cache.stride()[:3], scale_log2, h // hk, d, splits,
+        input_args(k)[0], input_args(v)[0], cos, sin, slots,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0), split_stride,
         BLOCK_SIZE=block_size, BLOCK_N=SPLIT_BLOCK_N if splits > 1 else BLOCK_N, BLOCK_D=block_d,
         BLOCK_S=block_s if fused else 1, DIRECT=direct, FUSED=fused and not direct,
-        **pdl_launch(q), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **pdl_launch(out), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        ROPE=rope is not None, SPLITS=num_parts,
     )  # fmt: skip
     if not direct and not fused:
         _decode_reduce_kernel[(h, bsz)](
             part_acc, part_ml, out,
             out.stride(0), out.stride(1), d, splits,
-            BLOCK_S=block_s, BLOCK_D=block_d, **pdl_launch(q), num_warps=4,
+            BLOCK_S=block_s, BLOCK_D=block_d, **pdl_launch(out), num_warps=4,
         )  # fmt: skip
     return out

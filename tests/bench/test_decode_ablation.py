@@ -25,7 +25,7 @@ def _logits(engine) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("ablation, per_layer, extra", [
-    ("silu_mul", 1, 0), ("norm", 2, 1), ("attention", 1, 0), ("rope", 0, 0), ("rope_store", 1, 0),
+    ("silu_mul", 1, 0), ("norm", 2, 1), ("attention", 1, 0), ("rope_store", 0, 0),
 ])  # fmt: skip
 def test_each_ablation_replaces_its_ops_and_restores_them(engine, ablation, per_layer, extra):
     model = engine.runner.model

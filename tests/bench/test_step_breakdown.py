@@ -36,3 +36,11 @@ def test_step_breakdown_times_every_phase_of_a_decode_step(tmp_path):
         assert 0 < sum(r[f"{p}_ms"] for p in step_breakdown.PHASES) <= r["step_ms"] * 1.5
         assert r["execute_ms"] > 0 and r["sample_ms"] > 0
         assert math.isnan(r["graph_ms"])  # no CUDA graph on the CPU
+    assert math.isnan(r["gpu_idle_ms"])  # nor a device timeline
+
+
+def test_busy_time_is_the_length_of_the_union_of_the_intervals():
+    # overlapping, nested, touching and disjoint spans, unsorted
+    spans = [(5.0, 6.0), (0.0, 2.0), (1.0, 3.0), (5.5, 5.7), (3.0, 4.0), (10.0, 10.5)]
+    assert step_breakdown.busy_time(spans) == 4.0 + 1.0 + 0.5
+    assert step_breakdown.busy_time([]) == 0.0
