@@ -43,6 +43,7 @@ from core.ops.paged_cache_shapes import check_paged_cache
 from core.ops.pdl import pdl_launch
 from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
+from core.ops.triton_rotary import check_rotary
 from core.partial_sums import PartialSums, total
 
 # Context tokens per inner step of a split program, its warps and pipeline stages, and the
@@ -311,18 +312,12 @@ def rope_decode_attention(
     # attention programs (bench/results/decode-rope-attention-h200.log).
     if len({(isinstance(x, PartialSums), input_args(x)[1:]) for x in (q, k, v)}) > 1:
         q, k, v = (total(x) for x in (q, k, v))
+    check_rotary(q, k, cos, sin)
     bsz, h, d = q.shape
-    assert k.shape == v.shape == (bsz, k_cache.shape[2], d), (
-        f"k, v: expected [{bsz}, {k_cache.shape[2]}, {d}], got {tuple(k.shape)}, {tuple(v.shape)}"
+    assert v.shape == k.shape == (bsz, k_cache.shape[2], d) and v.stride(-1) == 1, (
+        f"k, v: expected [{bsz}, {k_cache.shape[2]}, {d}] with a unit last stride, got "
+        f"{tuple(k.shape)}, {tuple(v.shape)}"
     )
-    assert all(x.stride(-1) == 1 for x in (q, k, v)), "q, k, v: unit last stride"
-    assert cos.shape == (bsz, d // 2) and sin.shape == cos.shape and d % 2 == 0, (
-        f"cos/sin: expected ({bsz}, {d // 2}) for an even head_dim, got {tuple(cos.shape)}"
-    )
-    assert cos.dtype == sin.dtype == torch.float32 and cos.stride() == sin.stride(), (
-        "cos/sin: fp32, the same strides"
-    )
-    assert cos.stride(-1) == 1, "cos/sin: unit last stride"
     assert slot_mapping.shape == (bsz,), (
         f"slot_mapping: expected ({bsz},), got {tuple(slot_mapping.shape)}"
     )

@@ -91,7 +91,8 @@ def _rotary_kernel(
             tl.store(dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+def check_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """The shapes rotary, rotary_store_kv and rope_decode_attention take (q, k may be partial sums)."""
     t, _, d = q.shape
     assert k.dim() == 3 and k.shape[0] == t and k.shape[2] == d, (
         f"k: expected [{t}, Hk, {d}], got {tuple(k.shape)}"
@@ -138,7 +139,7 @@ def rotary(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     # q [T, H, D] · k [T, Hk, D] (strided views ok) · cos/sin [T, D/2] fp32 -> q [T, H, D], k [T, Hk, D]
-    _check(q, k, cos, sin)
+    check_rotary(q, k, cos, sin)
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     if q.shape[0]:
@@ -164,7 +165,7 @@ def rotary_store_kv(
     # only some are, all are summed first.
     if len({(isinstance(x, PartialSums), input_args(x)[1:]) for x in (q, k, v)}) > 1:
         q, k, v = (total(x) for x in (q, k, v))
-    _check(q, k, cos, sin)
+    check_rotary(q, k, cos, sin)
     assert v.shape == k.shape and v.stride(-1) == 1, (
         f"v: expected {tuple(k.shape)} with a unit last stride, got {tuple(v.shape)}"
     )
