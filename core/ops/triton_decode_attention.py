@@ -309,7 +309,7 @@ def rope_decode_attention(
     # [B, D/2] fp32 · caches [NB, BS, Hk, D] · slot_mapping [B] (-1: no write) · block_tables,
     # context_lens as decode_attention -> [B, H, D]. What rotary_store_kv then decode_attention
     # compute, in one launch: the rotation and the new token's cache write happen in the
-    # attention programs (bench/results/decode-rope-attention-h200.log).
+    # attention programs (bench/results/decode-rope-attention-h100.log).
     if len({(isinstance(x, PartialSums), input_args(x)[1:]) for x in (q, k, v)}) > 1:
         q, k, v = (total(x) for x in (q, k, v))
     check_rotary(q, k, cos, sin)
