@@ -103,9 +103,11 @@ def _partials_only_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M
                           stride_xm, stride_ym, TILES: tl.constexpr, TPW: tl.constexpr,
                           XB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
                           UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
-                          USE_PDL: tl.constexpr = False, PARTIAL: tl.constexpr = False):  # fmt: skip
+                          USE_PDL: tl.constexpr = False, PARTIAL: tl.constexpr = False,
+                          BATCH_BLOCKS: tl.constexpr = 1):  # fmt: skip
     """The tensor-core GEMV (same arguments, main loop and release) with split-K programs that
     store their partial sums and exit: no arrival counter, no sum, y unwritten."""
+    tl.static_assert(BATCH_BLOCKS == 1, "the split_k_sum ablation covers batches of 16 or less")
     rb, pid_k = tl.program_id(0), tl.program_id(1)
     per_split = tl.cdiv(K // 128, tl.num_programs(1))
     first = pid_k * per_split

@@ -25,6 +25,7 @@ from bench.sweep import write_csv
 from core.partial_sums import total
 from plugins.awq import kernels as awq_kernels
 from plugins.awq.gemv import gemv_block_m
+from plugins.awq.mma_gemv import MMA_DECODE_MAX_M
 from plugins.awq.reference import dequantize_kernel
 
 COPIES = 8
@@ -55,7 +56,7 @@ MMA_LOADS = ((True, 1), (True, 2), (True, 4), (False, 2))
 
 
 def mma_candidates(m: int, k: int) -> list[awq_kernels.Config]:
-    if m > awq_kernels.MMA_MAX_M:
+    if m > MMA_DECODE_MAX_M:
         return []
     return [C("mma", block_n=16 * t, num_warps=w, split_k=sk, prefetch=pf, unroll=u)
             for t, w in MMA_TILES for sk in MMA_SPLITS.get(k, (1, 2, 4)) for pf, u in MMA_LOADS]  # fmt: skip

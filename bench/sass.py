@@ -126,7 +126,7 @@ def report(m: int, n: int, k: int) -> tuple[awq_kernels.Config, LoopReport]:
         tiles = cfg.block_n // 16
         consts = dict(TILES=tiles, TPW=tiles // cfg.num_warps, XB=8 if m <= 8 else 16,
                       SPLIT=cfg.split_k > 1, ASM=True, UNROLL=cfg.unroll, PREFETCH=cfg.prefetch,
-                      USE_PDL=True)  # fmt: skip
+                      USE_PDL=True, BATCH_BLOCKS=-(-m // mma_module.MMA_MAX_M))  # fmt: skip
     elif cfg.path in dot_gemm.MODES:
         fn = dot_gemm._awq_gemm_kernel
         split_k, unroll = dot_gemm.gemm_split(cfg, k)

@@ -75,6 +75,9 @@ from plugins.awq.split_k import arrival_counters, arrive, sum_splits
 
 # Batch rows one m16n8k16 pair covers (two n8 tiles); up to 8 one mma per K tile.
 MMA_MAX_M = 16
+# Larger decode batches run as blocks of 16 rows, each block its own programs over the same
+# weight tiles (dequantized once per block; the second block reads the weights from L2).
+MMA_DECODE_MAX_M = 32
 MMA_GROUP = 128  # the per-chunk scale in fp32 needs one quantization group per 128-wide chunk
 
 
@@ -232,25 +235,35 @@ def _awq_mma_gemv_kernel(
     PREFETCH: tl.constexpr = False,
     USE_PDL: tl.constexpr = False,
     PARTIAL: tl.constexpr = False,
+    BATCH_BLOCKS: tl.constexpr = 1,
 ):
     lin = _tile_index(TILES)
     n_chunks = K // 128
-    rb = tl.program_id(0)  # grid (row blocks, splits): program (rb, k) sums split k of rb
+    # grid (row blocks x batch blocks, splits): program (rb * BATCH_BLOCKS + bb, k) sums split k
+    # of row block rb for batch rows 16 bb .. 16 bb + 15; the batch blocks of one row block are
+    # neighbours in launch order, so the second one's weight loads find them in L2
+    tile_id = tl.program_id(0)
+    rb = tile_id // BATCH_BLOCKS
+    bb = tile_id % BATCH_BLOCKS
     pid_k = tl.program_id(1)
     per_split = tl.cdiv(n_chunks, tl.num_programs(1))
     first = pid_k * per_split
     last = tl.minimum(first + per_split, n_chunks)
-    acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, last,
+    rows = M
+    if BATCH_BLOCKS > 1:
+        x_ptr += bb * 16 * stride_xm
+        rows = tl.minimum(M - bb * 16, 16)
+    acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, rows, N, K, stride_xm, rb, first, last,
                           TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL)  # fmt: skip
     pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
     if not SPLIT:
-        _store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)
+        _store_y(y_ptr + bb * 16 * stride_ym, acc, rb, rows, N, stride_ym, TILES)
     elif PARTIAL:  # the op that reads y adds the splits (core/partial_sums.py): ws [S, M, N]
-        _store_y(ws_ptr + pid_k * M * N, acc, rb, M, N, N, TILES)
+        _store_y(ws_ptr + pid_k * M * N + bb * 16 * N, acc, rb, rows, N, N, TILES)
     else:  # split-K: the last split to finish adds all partial sums, in split order
-        if arrive(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256):
-            total = sum_splits(acc, ws_ptr, cnt_ptr, rb, tl.num_programs(0), lin, TILES * 256)
-            _store_y(y_ptr, total, rb, M, N, stride_ym, TILES)
+        if arrive(acc, ws_ptr, cnt_ptr, tile_id, tl.num_programs(0), lin, TILES * 256):
+            total = sum_splits(acc, ws_ptr, cnt_ptr, tile_id, tl.num_programs(0), lin, TILES * 256)
+            _store_y(y_ptr + bb * 16 * stride_ym, total, rb, rows, N, stride_ym, TILES)
 
 
 @triton.jit
@@ -281,10 +294,12 @@ def awq_mma_gemv(
     unroll: int = 1,
     partial: bool = False,
 ) -> torch.Tensor | PartialSums:
-    """``x @ W^T`` for M <= 16 with mma.sync (inputs checked by kernels._check).
+    """``x @ W^T`` for M <= 32 with mma.sync (inputs checked by kernels._check); past 16 rows
+    in blocks of 16 (``BATCH_BLOCKS``).
 
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/128, N] fp16 · qzeros [K/128, N/8]
-    #   -> [M, N] fp16; grid (N / (16 tiles), split_k), tiles / num_warps 16-row tiles per warp
+    #   -> [M, N] fp16; grid (N / (16 tiles) x M / 16, split_k), tiles / num_warps 16-row tiles
+    #   per warp
 
     ``partial``: with more than one split, return the splits' fp32 partial sums unadded
     (core/partial_sums.py) for the next op to add; with one split, y as always.
@@ -292,7 +307,9 @@ def awq_mma_gemv(
     assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
     m, k = x.shape
     n = qweight.shape[0]
-    assert 1 <= m <= MMA_MAX_M, f"M={m}: the tensor-core GEMV takes 1 to {MMA_MAX_M} rows"
+    assert 1 <= m <= MMA_DECODE_MAX_M, (
+        f"M={m}: the tensor-core GEMV takes 1 to {MMA_DECODE_MAX_M} rows"
+    )
     assert group_size == MMA_GROUP, f"group size {group_size}: the tensor-core GEMV needs 128"
     assert x.stride(1) == 1 and qweight.is_contiguous(), "x rows and qweight must be contiguous"
     num_warps = num_warps or tiles
@@ -304,7 +321,8 @@ def awq_mma_gemv(
     asm = use_inline_asm(x.device) if asm is None else asm
     partial = partial and split_k > 1
     y = torch.empty((m, n), dtype=torch.float16, device=x.device)
-    row_blocks = triton.cdiv(n, 16 * tiles)
+    batch_blocks = triton.cdiv(m, MMA_MAX_M)
+    row_blocks = triton.cdiv(n, 16 * tiles) * batch_blocks  # output tiles
     grid = (row_blocks, split_k)
     if partial:  # each split's [M, N] fp32 partial sums, for the next op to add
         ws = torch.empty((split_k, m, n), device=x.device)
@@ -317,7 +335,7 @@ def awq_mma_gemv(
     args = (x, qweight, scales, qzeros, y, ws, counters, m, n, k, x.stride(0), y.stride(0))
     kwargs = dict(
         TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
-        PREFETCH=prefetch, PARTIAL=partial,
+        PREFETCH=prefetch, PARTIAL=partial, BATCH_BLOCKS=batch_blocks,
         **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
     if asm:

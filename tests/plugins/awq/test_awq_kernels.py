@@ -242,7 +242,7 @@ MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 lea
 
 
 @interpreted
-@pytest.mark.parametrize("m", [1, 5, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 32])  # past 16: blocks of 16 batch rows
 def test_mma_gemv_twin_matches_reference(m, awq_weight):
     from plugins.awq.mma_gemv import awq_mma_gemv
     from plugins.awq.split_k import _buffers
@@ -284,21 +284,21 @@ def _partial_sums_give_the_gemm_sum(device: str, m: int, awq_weight) -> None:
 
 
 @interpreted
-@pytest.mark.parametrize("m", [1, 9, 16])
+@pytest.mark.parametrize("m", [1, 9, 16, 27])
 def test_mma_gemv_partial_sums_add_up_to_its_output(m, awq_weight):
     _partial_sums_give_the_gemm_sum("cpu", m, awq_weight)
 
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("m", [1, 8, 16])
+@pytest.mark.parametrize("m", [1, 8, 16, 27])
 def test_mma_gemv_partial_sums_add_up_to_its_output_on_the_gpu(m, awq_weight):
     _partial_sums_give_the_gemm_sum("cuda", m, awq_weight)
 
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 17, 24, 32])
 def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
     from plugins.awq.mma_gemv import awq_mma_gemv
 
