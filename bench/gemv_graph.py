@@ -149,6 +149,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     gpu, bw = announce()
+    csv_path = args.out / f"gemv-graph-{gpu_slug(gpu)}{'-partial' if args.partial else ''}.csv"
     rows = []
     for name, (k, sizes) in SHAPES.items():
         layers = [make_awq_layer(k, sizes) for _ in range(COPIES)]
@@ -182,8 +183,7 @@ def main() -> None:
                   flush=True)  # fmt: skip
         del layers, w
         torch.cuda.empty_cache()
-    slug = gpu_slug(gpu) + ("-partial" if args.partial else "")
-    write_csv(rows, list(rows[0]), args.out / f"gemv-graph-{slug}.csv")
+        write_csv(rows, list(rows[0]), csv_path)  # after every shape: a cut-off sweep keeps them
     print(f"\nlayers60 (4 shapes x 60), {gpu}, copy bw {bw / 1e12:.3f} TB/s")
     total_bytes = sum(awq_bytes(k, sum(s)) for k, s in SHAPES.values())
     for m in sorted({r["M"] for r in rows}):
