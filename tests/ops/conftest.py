@@ -53,14 +53,6 @@ def target(request) -> tuple[str, torch.dtype]:
     return request.param
 
 
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12)).item()
-
-
-def tolerance(dtype: torch.dtype) -> float:
-    return 1e-5 if dtype == torch.float32 else 2e-3
-
-
 def build_paged_batch(
     seqs: list[tuple[int, int]],
     num_heads: int,

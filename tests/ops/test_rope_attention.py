@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err, tolerance
+from op_tolerance import rel_err, tolerance
 from test_triton_partial_sums import partials
 
 from core.ops import reference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import rel_err, tolerance
+from op_tolerance import rel_err, tolerance
 
 from core.layers.attention_metadata import AttentionMetadata
 from core.ops import reference

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import rel_err, tolerance
+from op_tolerance import rel_err, tolerance
 
 from core.ops import OPS, reference, register_core_kernels
 
