@@ -64,8 +64,12 @@ def mma_candidates(m: int, k: int) -> list[awq_kernels.Config]:
 
 def candidates(m: int, n: int, k: int, paths: str = "all") -> list[awq_kernels.Config]:
     default = awq_kernels.default_config(m, n, k)
-    if paths == "mma":  # the tensor-core GEMV against today's choice
-        return [default] + [c for c in mma_candidates(m, k) if c != default]
+    if paths == "mma":  # the tensor-core GEMV against today's choice and the non-mma path's
+        cfgs = [default]
+        for c in [awq_kernels.default_config(m, n, k, mma=False), *mma_candidates(m, k)]:
+            if c not in cfgs:
+                cfgs.append(c)
+        return cfgs
     if paths == "default":
         return [default]
     if m > awq_kernels.GEMV_MAX_M:

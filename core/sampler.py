@@ -14,8 +14,8 @@ Order of processing, for all rows at once (the processors are in core/logits_pro
      tokens whatever else is in the batch. With top-k or top-p this runs on each row's
      surviving tokens, best first ([B, K] with K the largest top_k: a partial topk, not the
      vocabulary): on an H100 at batch 1 a softmax and an argmax over 103168 logits took 65 of
-     the ~180 us of sampling kernels per step. With ``TRITON_TOP_K`` (off until it has run on a
-     GPU), on CUDA with every top_k <= 64 that path is two Triton launches.
+     the ~180 us of sampling kernels per step. With ``TRITON_TOP_K`` (the default), on CUDA with
+     every top_k <= 64 that path is two Triton launches.
 Steps a batch does not use are skipped. Per-row settings travel to the device in one copy, and
 the one host sync is the final ``.tolist()``.
 """
@@ -43,10 +43,11 @@ from core.logits_processors import (
 )
 from core.sampling_params import SamplingParams
 
-# The two-launch Triton top-k sampler (core/ops/triton_sampling.py) passes its interpreter tests
-# and compiles for sm_90, but has not run on a GPU yet (no device could be started for it in
-# session 11): off until tests/ops/test_triton_sampling.py and the engine tests pass there.
-TRITON_TOP_K = False
+# The two-launch Triton top-k sampler (core/ops/triton_sampling.py): its GPU tests pass on an
+# H100 and the H200, where it took the 256/512 decode step from 5.33 to 5.25 ms at batch 1 and
+# 9.11 to 9.04 at batch 16 (bench/results/token_throughput-h200-s14-before.log and -after.log).
+# False sends every row through the torch candidate path.
+TRITON_TOP_K = True
 
 
 @dataclass

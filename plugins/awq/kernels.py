@@ -33,7 +33,7 @@ from plugins.awq.dequant import (
 )
 from plugins.awq.dot_gemm import awq_dot_gemm
 from plugins.awq.gemv import awq_gemv
-from plugins.awq.mma_gemv import MMA_GROUP, MMA_MAX_M, awq_mma_gemv, mma_supported
+from plugins.awq.mma_gemv import MMA_DECODE_MAX_M, MMA_GROUP, awq_mma_gemv, mma_supported
 from plugins.awq.mma_ptx import MmaLayoutError
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
@@ -78,15 +78,15 @@ DEQUANT_CONFIG = Config(
 def default_config(m: int, n: int, k: int, group_size: int = MMA_GROUP, mma: bool = True) -> Config:
     """The configuration the decode and prefill sweeps chose for an [M, K] x [K, N] product.
 
-    Decode needs several programs per SM to keep enough loads in flight: M <= 16 at group size
-    128 takes the tensor-core GEMV (plugins/awq/mma_gemv.py; not with ``mma=False``) except where
-    _mma_config leaves it to the CUDA-core GEMV; otherwise M <= GEMV_MAX_M takes the GEMV (narrow
-    rows, the next tile prefetched) and larger decode batches tl.dot with split-K. Decode choices
-    come from ``bench/gemv_graph.py`` (times inside CUDA graphs, as the engine runs them:
-    bench/results/gemv-graph-h100*.csv and, on the H200, gemv-graph-h200*.csv); prefill's from
-    ``bench/kernels.py --sweep``.
+    Decode needs several programs per SM to keep enough loads in flight: M <= 32 at group size
+    128 takes the tensor-core GEMV (plugins/awq/mma_gemv.py, in blocks of 16 rows above 16; not
+    with ``mma=False``) except where _mma_config leaves it to the CUDA-core GEMV; otherwise
+    M <= GEMV_MAX_M takes the GEMV (narrow rows, the next tile prefetched) and larger decode
+    batches tl.dot with split-K. Decode choices come from ``bench/gemv_graph.py`` (times inside
+    CUDA graphs, as the engine runs them: bench/results/gemv-graph-h100*.csv and, on the H200,
+    gemv-graph-h200*.csv); prefill's from ``bench/kernels.py --sweep``.
     """
-    if mma and m <= MMA_MAX_M and group_size == MMA_GROUP and _mma_enabled:
+    if mma and m <= MMA_DECODE_MAX_M and group_size == MMA_GROUP and _mma_enabled:
         cfg = _mma_config(m, n, k)
         if cfg is not None:
             return cfg
@@ -122,6 +122,12 @@ def _mma_config(m: int, n: int, k: int) -> Config | None:
     gate_up 27.4 / 28.5 / 32.3 / 40.5 (29.9 / 40.5 / 51.2 / 57.3), down 17.2 / 17.9 / 20.8 / 23.6
     (21.5 / 27.3 / 26.8 / 28.5). Two 16-row tiles per warp (they share each x fragment) won
     almost everywhere; block_n = 16 x tiles per program.
+
+    M 17-32 run as two 16-row blocks with M=16's launches. In the decode graph at batch 32
+    (256/512 tokens, H200) they took the step from 17.66 ms on the tl.dot path to 15.57
+    (token_throughput-h200-s14-before/after.log); the best of each shape in the kernel sweep
+    (gemv-graph-h200-m32-partial.csv, which has no 128-column tiles: one warp per 32 columns,
+    split-K 4, for qkv, o and gate_up) to 16.52 (token_throughput-h200.log).
     """
     if k > 8192:  # down 13824 -> 5120: 9 splits of 12 chunks
         if m <= 8:

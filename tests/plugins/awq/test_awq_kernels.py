@@ -368,7 +368,7 @@ def test_decode_without_mma_sync_takes_the_other_paths():
     from plugins.awq.mma_gemv import mma_supported
 
     assert mma_supported(torch.device("cpu"))  # the interpreter runs the plain-Triton twin
-    for m in (1, 2, 5, 8, 16):
+    for m in (1, 2, 5, 8, 16, 17, 24, 32):  # past 16: two blocks of 16 batch rows
         for n, k in ((15360, 5120), (5120, 5120), (27648, 5120), (5120, 13824)):
             assert default_config(m, n, k, 128).path in ("mma", "gemv")
             assert default_config(m, n, k, 128, mma=False).path in ("gemv", "dot", "dot_t")
