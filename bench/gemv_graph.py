@@ -48,9 +48,10 @@ MORE_TILES = [(64, 2, 3, 1), (32, 2, 3, 1), (32, 1, 3, 1), (64, 4, 3, 1)]
 # tensor-core GEMV (plugins/awq/mma_gemv.py): (16-row tiles per program, warps), split-K per K
 # (40 chunks at K=5120, 108 at K=13824), and (prefetch, unroll): 1, 2 or 4 chunks' loads issued
 # per iteration, with the next iteration's loads issued before this one's math or not. The
-# session-6 sweep (gemv-graph-h200-mma.csv) also had 4 tiles per warp ((8, 2), (4, 1)) and
-# (8, 4): never best by more than 3%.
-MMA_TILES = ((1, 1), (2, 2), (4, 4), (2, 1), (4, 2))
+# session-6 sweep (gemv-graph-h200-mma.csv) also had (4, 1) and (8, 4): never best by more than
+# 3%. (8, 2) is M=16's qkv and gate_up default, which also beat the M=32 sweep's per-shape best
+# without it in the decode graph (bench/results/README.md, session 14).
+MMA_TILES = ((1, 1), (2, 2), (4, 4), (2, 1), (4, 2), (8, 2))
 MMA_SPLITS = {5120: (1, 2, 4, 8), 13824: (2, 3, 6, 9)}
 MMA_LOADS = ((True, 1), (True, 2), (True, 4), (False, 2))
 
