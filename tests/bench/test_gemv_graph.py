@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from bench.gemv_graph import candidates
+from bench.kernels import SHAPES
 from plugins.awq.kernels import default_config
 
-# internlm-chat-20b's decode shapes: qkv, o, gate_up, down as (N, K)
-SHAPES = [(15360, 5120), (5120, 5120), (27648, 5120), (5120, 13824)]
+# internlm-chat-20b's decode shapes (qkv, o, gate_up, down) as (N, K), as the sweep times them
+NK = [(sum(sizes), k) for k, sizes in SHAPES.values()]
 
 
 @pytest.mark.parametrize("m", [1, 16, 32])
-@pytest.mark.parametrize(("n", "k"), SHAPES)
+@pytest.mark.parametrize(("n", "k"), NK)
 def test_mma_sweep_times_the_default_and_the_path_without_mma(m, n, k):
     cfgs = candidates(m, n, k, "mma")
     assert cfgs[0] == default_config(m, n, k)  # the first row is today's choice

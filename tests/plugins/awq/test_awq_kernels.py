@@ -217,7 +217,7 @@ def test_dequantize_on_gpu_is_bit_identical(group_size, awq_weight):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("m", [1, 2, 16, 33, 64, 300])
+@pytest.mark.parametrize("m", [1, 2, 16, 24, 33, 64, 300])  # 24: two mma batch blocks
 @pytest.mark.parametrize("group_size", [32, 128])
 def test_kernel_on_gpu(m, group_size, awq_weight):
     from plugins.awq.kernels import Config, awq_gemm
