@@ -73,3 +73,19 @@ def test_token_throughput_fills_one_table_over_several_invocations(tmp_path):
     assert len(table) == 3
     after = {(int(r["batch"]), int(r["prompt_tokens"])): r["thr_per_proc"] for r in table}
     assert after[(2, 16)] == before[(2, 16)]  # untouched rows keep their numbers exactly
+
+
+def test_token_throughput_prompts_never_come_from_the_prefix_cache(tmp_path):
+    """Every run and round draws new prompts: a timed first token is always a full prefill, even
+    where two pairs share a prompt length (512/512 then 512/1024 in the seed's table)."""
+    cfg = compose_config(
+        ["task=token_throughput", "model=internlm-tiny", "engine.device=cpu",
+         "engine.enable_prefix_caching=true", "concurrency=[1,2]", "token_pairs=[[32,4],[32,6]]",
+         "baseline_batches=[]", "test_rounds=2", "warmup_rounds=1", f"output_dir={tmp_path}"],
+        config_name="bench",
+    )  # fmt: skip
+    rows = token_throughput.run(cfg)
+    assert [r["cached_prompt_tokens"] for r in rows] == [0, 0, 0, 0]
+    (csv_path,) = tmp_path.glob("token_throughput-*.csv")
+    with csv_path.open() as f:
+        assert [r["cached_prompt_tokens"] for r in csv.DictReader(f)] == ["0"] * 4
