@@ -104,7 +104,7 @@ def _partials_only_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M
                           XB: tl.constexpr, SPLIT: tl.constexpr, ASM: tl.constexpr,
                           UNROLL: tl.constexpr = 1, PREFETCH: tl.constexpr = False,
                           USE_PDL: tl.constexpr = False, PARTIAL: tl.constexpr = False,
-                          BATCH_BLOCKS: tl.constexpr = 1):  # fmt: skip
+                          BATCH_BLOCKS: tl.constexpr = 1, XFRAG: tl.constexpr = False):  # fmt: skip
     """The tensor-core GEMV (same arguments, main loop and release) with split-K programs that
     store their partial sums and exit: no arrival counter, no sum, y unwritten."""
     tl.static_assert(BATCH_BLOCKS == 1, "the split_k_sum ablation covers batches of 16 or less")
@@ -113,7 +113,8 @@ def _partials_only_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, ws_ptr, cnt_ptr, M
     first = pid_k * per_split
     last = tl.minimum(first + per_split, K // 128)
     acc = mma_gemv._row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first,
-                                   last, TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL)  # fmt: skip
+                                   last, TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL,
+                                   XFRAG)  # fmt: skip
     pdl_release(USE_PDL)
     if not SPLIT:
         mma_gemv._store_y(y_ptr, acc, rb, M, N, stride_ym, TILES)

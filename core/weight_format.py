@@ -71,6 +71,11 @@ class LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def wants_fragment_order(self, layer: nn.Module, m: int) -> bool:
+        """Whether apply() on ``m`` rows would rather get x as core.fragment_order.FragmentOrder
+        (the op before it then writes that order); a method that says so takes either."""
+        return False
+
 
 @dataclass(frozen=True)
 class CheckpointInfo:

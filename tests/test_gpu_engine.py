@@ -112,6 +112,25 @@ def test_ops_adding_the_split_k_partial_sums_change_no_token_or_logprob():
         assert [x.logprob for x in g.logprobs] == [x.logprob for x in w.logprobs]
 
 
+def test_fragment_order_inputs_change_no_token_or_logprob(monkeypatch):
+    """The norms and SiLU x mul writing the tensor-core GEMV's inputs in fragment order
+    (core/fragment_order.py), in CUDA graphs with AWQ weights: the same values reach the same
+    sums, so the same tokens and logprobs, bit for bit, as row-major inputs."""
+    import plugins.awq.kernels as awq_kernels
+
+    mk = dict(hidden_size=512, intermediate_size=1024, num_heads=4)
+    prompts = [[5, 9, 200], [77], [3, 1, 4, 1, 5], [900, 12], [8, 8, 8, 8, 8]]  # 16 tokens
+    assert awq_kernels.FRAGMENT_ORDER
+    on = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy", **mk)
+    got = greedy_tokens(on, n=16, prompts=prompts)
+    monkeypatch.setattr(awq_kernels, "FRAGMENT_ORDER", False)
+    off = engine("triton", graphs=True, dtype="float16", quant="awq", load_format="dummy", **mk)
+    want = greedy_tokens(off, n=16, prompts=prompts)
+    for w, g in zip(want, got):
+        assert g.token_ids == w.token_ids
+        assert [x.logprob for x in g.logprobs] == [x.logprob for x in w.logprobs]
+
+
 def test_graph_and_eager_triton_paths_agree_exactly_on_greedy_tokens():
     eager = greedy_tokens(engine("triton", graphs=False, dtype="float16"))
     graph = greedy_tokens(engine("triton", graphs=True, dtype="float16"))

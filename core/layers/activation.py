@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.fragment_order import FragmentOrder, can_write_fragment_order
 from core.kernels import KernelTable
 from core.partial_sums import PartialSums, for_op
 
@@ -14,6 +15,9 @@ class SiluAndMul(nn.Module):
         super().__init__()
         self._op = kernels.get("silu_mul")
 
-    def forward(self, x: torch.Tensor | PartialSums) -> torch.Tensor:
-        # x [T, 2I] (or a GEMM's split-K partial sums of it) -> [T, I]
-        return self._op(for_op(self._op, x))
+    def forward(
+        self, x: torch.Tensor | PartialSums, fragment: bool = False
+    ) -> torch.Tensor | FragmentOrder:
+        # x [T, 2I] (or a GEMM's split-K partial sums of it) -> [T, I]; fragment: as RMSNorm's
+        kw = {"fragment": True} if fragment and can_write_fragment_order(self._op) else {}
+        return self._op(for_op(self._op, x), **kw)

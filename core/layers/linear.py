@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.fragment_order import FragmentOrder
 from core.partial_sums import PartialSums
 from core.weight_format import LinearMethod, set_weight_attrs
 
@@ -72,8 +73,13 @@ class Linear(nn.Module):
             )
         target.copy_(loaded.to(target.dtype) if loaded.dtype.is_floating_point else loaded)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | PartialSums:
+    def forward(self, x: torch.Tensor | FragmentOrder) -> torch.Tensor | PartialSums:
         return self._product(x, self.bias)
+
+    def wants_fragment_order(self, m: int) -> bool:
+        """Whether the op producing this layer's ``m``-row input should write it in fragment
+        order (core/fragment_order.py): the weight format's GEMV reads it faster."""
+        return self.linear_method.wants_fragment_order(self, m)
 
     def _product(
         self, x: torch.Tensor, bias: torch.Tensor | None, may_defer: bool = True

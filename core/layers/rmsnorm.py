@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core.fragment_order import FragmentOrder, can_write_fragment_order
 from core.kernels import KernelTable
 from core.partial_sums import PartialSums, for_op
 
@@ -20,9 +21,16 @@ class RMSNorm(nn.Module):
         self._add_norm = kernels.get("add_rms_norm")
 
     def forward(
-        self, x: torch.Tensor | PartialSums, residual: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        # x may be a GEMM's split-K partial sums: the op adds them, or gets their total
+        self,
+        x: torch.Tensor | PartialSums,
+        residual: torch.Tensor | None = None,
+        fragment: bool = False,
+    ) -> torch.Tensor | FragmentOrder | tuple[torch.Tensor | FragmentOrder, torch.Tensor]:
+        # x may be a GEMM's split-K partial sums: the op adds them, or gets their total.
+        # fragment: the next layer's GEMV reads fragment order (core/fragment_order.py); an op
+        # that cannot write it returns row-major output, which the GEMV reads as well
+        op = self._norm if residual is None else self._add_norm
+        kw = {"fragment": True} if fragment and can_write_fragment_order(op) else {}
         if residual is None:
-            return self._norm(for_op(self._norm, x), self.weight, self.eps)
-        return self._add_norm(for_op(self._add_norm, x), residual, self.weight, self.eps)
+            return op(for_op(op, x), self.weight, self.eps, **kw)
+        return op(for_op(op, x), residual, self.weight, self.eps, **kw)

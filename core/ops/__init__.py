@@ -8,6 +8,7 @@ before the first call gets interpreted kernels even if ``core.ops`` was imported
 
 from __future__ import annotations
 
+from core.fragment_order import writes_fragment_order
 from core.ops import reference
 from core.partial_sums import adds_partial_sums
 
@@ -23,18 +24,20 @@ OPS = (
 )
 
 
+@writes_fragment_order  # for a tensor-core GEMV (core/fragment_order.py)
 @adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
-def rms_norm_triton(x, weight, eps):
+def rms_norm_triton(x, weight, eps, fragment=False):
     from core.ops.triton_norm import rms_norm
 
-    return rms_norm(x, weight, eps)
+    return rms_norm(x, weight, eps, fragment)
 
 
-@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
-def add_rms_norm_triton(x, residual, weight, eps):
+@writes_fragment_order
+@adds_partial_sums
+def add_rms_norm_triton(x, residual, weight, eps, fragment=False):
     from core.ops.triton_norm import add_rms_norm
 
-    return add_rms_norm(x, residual, weight, eps)
+    return add_rms_norm(x, residual, weight, eps, fragment)
 
 
 def rotary_triton(q, k, cos, sin):
@@ -50,11 +53,12 @@ def rotary_store_kv_triton(q, k, v, cos, sin, k_cache, v_cache, slot_mapping):
     return rotary_store_kv(q, k, v, cos, sin, k_cache, v_cache, slot_mapping)
 
 
-@adds_partial_sums  # x may be a GEMM's split-K partial sums (core/partial_sums.py)
-def silu_mul_triton(x):
+@writes_fragment_order
+@adds_partial_sums
+def silu_mul_triton(x, fragment=False):
     from core.ops.triton_activation import silu_mul
 
-    return silu_mul(x)
+    return silu_mul(x, fragment)
 
 
 def store_kv_triton(k, v, k_cache, v_cache, slot_mapping):

@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from core.fragment_order import FragmentOrder, fragment_offset, padded_rows
 from core.ops.pdl import pdl_launch
 from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
@@ -19,6 +20,7 @@ BLOCK = 2048
 def _silu_mul_kernel(
     x_ptr, out_ptr, stride_x, stride_out, stride_split, inter,
     BLOCK: tl.constexpr, USE_PDL: tl.constexpr, SPLITS: tl.constexpr = 0,
+    FRAG: tl.constexpr = False,
 ):  # fmt: skip
     pdl_start(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
@@ -31,22 +33,27 @@ def _silu_mul_kernel(
     up = load_input(xp + inter, mask, stride_split, SPLITS, dtype).to(tl.float32)
     g = gate.to(tl.float32)
     y = g / (1.0 + tl.exp(-g)) * up
-    tl.store(out_ptr + row * stride_out + offs, y.to(dtype), mask=mask)
+    # FRAG: the output in the tensor-core GEMV's fragment order (core/fragment_order.py)
+    dst = out_ptr + (fragment_offset(row, offs, inter) if FRAG else row * stride_out + offs)
+    tl.store(dst, y.to(dtype), mask=mask)
 
 
-def silu_mul(x: torch.Tensor | PartialSums) -> torch.Tensor:
+def silu_mul(x: torch.Tensor | PartialSums, fragment: bool = False) -> torch.Tensor | FragmentOrder:
     # x [T, 2I] (gate | up) -> [T, I] (x's dtype); silu and product in fp32. x may be a GEMM's
-    # split-K partial sums (core/partial_sums.py), added here as they are read
+    # split-K partial sums (core/partial_sums.py), added here as they are read. fragment: the
+    # output written for the tensor-core GEMV (core/fragment_order.py), I % 128 == 0
     assert x.dim() == 2 and x.shape[1] % 2 == 0 and x.stride(-1) == 1, (
         f"x: expected [T, 2I] with unit last stride, got {tuple(x.shape)}"
     )
     t, inter = x.shape[0], x.shape[1] // 2
-    out = torch.empty((t, inter), dtype=x.dtype, device=x.device)
+    assert not fragment or inter % 128 == 0, f"fragment order needs I % 128 == 0, got {inter}"
+    rows = padded_rows(t) if fragment else t
+    out = torch.empty((rows, inter), dtype=x.dtype, device=x.device)
     if t:
         block = min(BLOCK, triton.next_power_of_2(inter))
         src, splits, split_stride = input_args(x)
         _silu_mul_kernel[(t, triton.cdiv(inter, block))](
             src, out, x.stride(0), out.stride(0), split_stride, inter,
-            BLOCK=block, **pdl_launch(out), num_warps=4, SPLITS=splits,
+            BLOCK=block, **pdl_launch(out), num_warps=4, SPLITS=splits, FRAG=fragment,
         )  # fmt: skip
-    return out
+    return FragmentOrder(out, t) if fragment else out

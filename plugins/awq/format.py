@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.fragment_order import FragmentOrder
 from core.partial_sums import PartialSums
 from core.weight_format import CheckpointInfo, LinearMethod, WeightFormat, set_weight_attrs
 from plugins.awq.layout import repack_qweight, repack_qzeros
@@ -122,6 +123,14 @@ class AWQLinearMethod(LinearMethod):
         self.gemm = gemm
         self.input_block = math.lcm(self.group_size, KCHUNK)
 
+    def wants_fragment_order(self, layer: nn.Module, m: int) -> bool:
+        # the Triton GEMM says where its tensor-core GEMV would run (plugins/awq/plugin.py)
+        takes = getattr(self.gemm, "takes_fragment_order", None)
+        n, k = layer.qweight.shape[0], layer.input_size
+        if takes is None or not layer.awq_repacked:
+            return False
+        return takes(m, n, k, self.group_size, layer.qweight.device)
+
     def create_weights(
         self,
         layer: nn.Module,
@@ -175,7 +184,8 @@ class AWQLinearMethod(LinearMethod):
         self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None, partial: bool = False
     ) -> torch.Tensor | PartialSums:
         lead = x.shape[:-1]
-        args = (x.reshape(-1, x.shape[-1]), layer.qweight, layer.scales, layer.qzeros)
+        x2 = x if isinstance(x, FragmentOrder) else x.reshape(-1, x.shape[-1])
+        args = (x2, layer.qweight, layer.scales, layer.qzeros)
         # split-K partial sums left for the next op to add, where the caller asked and the kernel
         # split K (core/partial_sums.py); with a bias, the GEMM adds them
         kw = {"partial": True} if partial and bias is None else {}

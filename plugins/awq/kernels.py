@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from core.fragment_order import FragmentOrder
 from core.partial_sums import PartialSums
 from plugins.awq.dequant import (
     DEFAULT_TILE,
@@ -170,8 +171,21 @@ def _gemv_config(m: int, n: int, k: int) -> Config:
     return Config("gemv", 1, 8, num_warps=2, unroll=4, prefetch=True)
 
 
+# Let the producers of decode GEMV inputs write them in fragment order (core/fragment_order.py).
+# False: row-major everywhere, as before it existed.
+FRAGMENT_ORDER = True
+
+
+def takes_fragment_order(m: int, n: int, k: int, group_size: int, device: torch.device) -> bool:
+    """Whether awq_gemm's default launch for [M, K] x [K, N] is the tensor-core GEMV, which
+    reads x faster in fragment order (core/fragment_order.py; the producer writes it)."""
+    if not FRAGMENT_ORDER or not 1 <= m <= MMA_DECODE_MAX_M:
+        return False
+    return default_config(m, n, k, group_size, mma=mma_supported(device)).path == "mma"
+
+
 def _check(
-    x: torch.Tensor,
+    x: torch.Tensor | FragmentOrder,
     qweight: torch.Tensor,
     scales: torch.Tensor,
     qzeros: torch.Tensor,
@@ -180,14 +194,16 @@ def _check(
     assert x.dim() == 2 and x.dtype == torch.float16, (
         f"x must be fp16 [M, K], got {x.dtype} {tuple(x.shape)}"
     )
-    assert x.stride(1) == 1, f"x rows must be contiguous, strides {x.stride()}"
+    assert isinstance(x, FragmentOrder) or x.stride(1) == 1, (
+        f"x rows must be contiguous, strides {x.stride()}"
+    )
     m, k = x.shape
     n = check_weight(qweight, scales, qzeros, group_size, k)
     return m, n, k
 
 
 def awq_gemm(
-    x: torch.Tensor,
+    x: torch.Tensor | FragmentOrder,
     qweight: torch.Tensor,
     scales: torch.Tensor,
     qzeros: torch.Tensor,
@@ -199,6 +215,8 @@ def awq_gemm(
 
     ``partial``: a launch that splits K returns its splits' fp32 partial sums unadded
     (core/partial_sums.py), for an op that adds them as it reads; one that does not returns y.
+    ``x`` may be in fragment order (core/fragment_order.py): the tensor-core GEMV reads it as
+    it is, every other path gets it back in rows.
     """
     # x [M, K] fp16 · qweight [N, K/8] int32 · scales [K/G, N] fp16 · qzeros [K/G, N/8] int32
     #   -> [M, N] fp16
@@ -219,6 +237,8 @@ def awq_gemm(
                 raise
             _disable_mma(err)
             cfg = default_config(m, n, k, group_size)
+    if isinstance(x, FragmentOrder):
+        x = x.natural()
     if cfg.path == "gemv":
         if x.device.type == "cpu" and config is None:  # interpreter: few, large programs
             cfg = Config("gemv", 1, 64, unroll=4)

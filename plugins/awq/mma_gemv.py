@@ -52,6 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
+from core.fragment_order import FragmentOrder, fragment_offset
 from core.ops.pdl import pdl_launch
 from core.ops.triton_pdl import pdl_release, pdl_wait
 from core.partial_sums import PartialSums
@@ -83,7 +84,8 @@ MMA_GROUP = 128  # the per-chunk scale in fp32 needs one quantization group per 
 
 @triton.jit
 def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M,
-               TILES: tl.constexpr, TPW: tl.constexpr, XB: tl.constexpr, ASM: tl.constexpr):  # fmt: skip
+               TILES: tl.constexpr, TPW: tl.constexpr, XB: tl.constexpr, ASM: tl.constexpr,
+               XFRAG: tl.constexpr):  # fmt: skip
     """Add one 128-wide K chunk (q: its [8, T, 2, 16] int32 tile) to the accumulators."""
     live = chunk < last
     chunk = tl.minimum(chunk, last - 1)
@@ -91,15 +93,26 @@ def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_x
     s = tl.where(live, s, 0.0)
     if ASM:
         nz = 960.0 - zz  # -(64 + z), exact in fp16
-        xp = x_ptrs + chunk * 128
-        x0 = tl.load(xp)
-        x1 = tl.load(xp + 16)
-        x2 = tl.load(xp + 32)
-        x3 = tl.load(xp + 48)
-        x4 = tl.load(xp + 64)
-        x5 = tl.load(xp + 80)
-        x6 = tl.load(xp + 96)
-        x7 = tl.load(xp + 112)
+        if XFRAG:  # core/fragment_order.py: K tiles 2q, 2q + 1 side by side, 512 elements per q
+            xp = x_ptrs + chunk * 2048
+            x0 = tl.load(xp)
+            x1 = tl.load(xp + 4)
+            x2 = tl.load(xp + 512)
+            x3 = tl.load(xp + 516)
+            x4 = tl.load(xp + 1024)
+            x5 = tl.load(xp + 1028)
+            x6 = tl.load(xp + 1536)
+            x7 = tl.load(xp + 1540)
+        else:
+            xp = x_ptrs + chunk * 128
+            x0 = tl.load(xp)
+            x1 = tl.load(xp + 16)
+            x2 = tl.load(xp + 32)
+            x3 = tl.load(xp + 48)
+            x4 = tl.load(xp + 64)
+            x5 = tl.load(xp + 80)
+            x6 = tl.load(xp + 96)
+            x7 = tl.load(xp + 112)
         if TPW == 1:
             cons: tl.constexpr = CONSTRAINTS_1
             ptx: tl.constexpr = PTX_N8_1 if XB == 8 else PTX_N16_1
@@ -124,7 +137,10 @@ def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_x
         w = tl.reshape(w, (8, TILES, 2, 128))[:, :, :, None, :]  # k in natural order
         b5 = tl.minimum(_batch_row(tl.arange(0, 16)), M - 1)[None, None, None, :, None]
         kk = tl.arange(0, 128)[None, None, None, None, :]
-        xs = tl.load(x_ptr + b5 * stride_xm + chunk * 128 + kk)  # [1, 1, 1, 16, 128]
+        if XFRAG:
+            xs = tl.load(x_ptr + fragment_offset(b5, chunk * 128 + kk, stride_xm))
+        else:
+            xs = tl.load(x_ptr + b5 * stride_xm + chunk * 128 + kk)  # [1, 1, 1, 16, 128]
         acc += s.to(tl.float32) * tl.sum(w * xs.to(tl.float32), axis=4)
     return acc
 
@@ -132,7 +148,8 @@ def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_x
 @triton.jit
 def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, last,
                     TILES: tl.constexpr, TPW: tl.constexpr, XB: tl.constexpr, ASM: tl.constexpr,
-                    UNROLL: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr):  # fmt: skip
+                    UNROLL: tl.constexpr, PREFETCH: tl.constexpr, USE_PDL: tl.constexpr,
+                    XFRAG: tl.constexpr):  # fmt: skip
     """fp32 sums of row block ``rb`` (TILES 16-row tiles) over K chunks first .. last - 1, as
     [8, T, 2, 16] accumulators (the mma's C fragments)."""
     g4 = tl.arange(0, 8)[:, None, None, None]
@@ -148,7 +165,12 @@ def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, 
     qw_ptrs = qw_ptr + nl * tl.multiple_of(K // 8, 16) + c4  # [8, T, 2, 16]
     # 8-byte x vectors: four columns per lane, the layout of q (contiguity 4, not 16)
     cx = tl.max_contiguous(tl.arange(0, 16), 4)[None, None, None, :]
-    x_ptrs = tl.broadcast_to(x_ptr + bl * stride_xm + cx, (8, TILES, 2, 16))
+    if XFRAG:  # fragment order (core/fragment_order.py): lane (g, t) at (h * 8 + g) * 32 + t * 8
+        c1 = tl.arange(0, 16)
+        cf = tl.max_contiguous(tl.multiple_of((c1 // 4) * 8 + c1 % 4, 4), 4)[None, None, None, :]
+        x_ptrs = tl.broadcast_to(x_ptr + (h4 * 8 + g4) * 32 + cf, (8, TILES, 2, 16))
+    else:
+        x_ptrs = tl.broadcast_to(x_ptr + bl * stride_xm + cx, (8, TILES, 2, 16))
     n_chunks = K // 128
     acc = tl.zeros((8, TILES, 2, 16), dtype=tl.float32)
     # chunks past the range's end load a valid tile (any) and are weighed with scale 0
@@ -181,12 +203,12 @@ def _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, M, N, K, stride_xm, rb, first, 
             if UNROLL >= 4:
                 q2 = _load_w(qw_ptrs + tl.minimum(chunk + 2, n_chunks - 1) * 16)
                 q3 = _load_w(qw_ptrs + tl.minimum(chunk + 3, n_chunks - 1) * 16)
-        acc = _mma_chunk(acc, q0, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+        acc = _mma_chunk(acc, q0, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM, XFRAG)  # fmt: skip
         if UNROLL >= 2:
-            acc = _mma_chunk(acc, q1, chunk + 1, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+            acc = _mma_chunk(acc, q1, chunk + 1, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM, XFRAG)  # fmt: skip
         if UNROLL >= 4:
-            acc = _mma_chunk(acc, q2, chunk + 2, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
-            acc = _mma_chunk(acc, q3, chunk + 3, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM)  # fmt: skip
+            acc = _mma_chunk(acc, q2, chunk + 2, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM, XFRAG)  # fmt: skip
+            acc = _mma_chunk(acc, q3, chunk + 3, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_xm, M, TILES, TPW, XB, ASM, XFRAG)  # fmt: skip
     return acc
 
 
@@ -236,6 +258,7 @@ def _awq_mma_gemv_kernel(
     USE_PDL: tl.constexpr = False,
     PARTIAL: tl.constexpr = False,
     BATCH_BLOCKS: tl.constexpr = 1,
+    XFRAG: tl.constexpr = False,
 ):
     lin = _tile_index(TILES)
     n_chunks = K // 128
@@ -254,7 +277,7 @@ def _awq_mma_gemv_kernel(
         x_ptr += bb * 16 * stride_xm
         rows = tl.minimum(M - bb * 16, 16)
     acc = _row_block_sums(x_ptr, qw_ptr, s_ptr, z_ptr, rows, N, K, stride_xm, rb, first, last,
-                          TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL)  # fmt: skip
+                          TILES, TPW, XB, ASM, UNROLL, PREFETCH, USE_PDL, XFRAG)  # fmt: skip
     pdl_release(USE_PDL)  # after the main loop, as in the GEMV (plugins/awq/gemv.py)
     if not SPLIT:
         _store_y(y_ptr + bb * 16 * stride_ym, acc, rb, rows, N, stride_ym, TILES)
@@ -281,7 +304,7 @@ def _batch_row(c):
 
 
 def awq_mma_gemv(
-    x: torch.Tensor,
+    x: torch.Tensor | FragmentOrder,
     qweight: torch.Tensor,
     scales: torch.Tensor,
     qzeros: torch.Tensor,
@@ -302,10 +325,14 @@ def awq_mma_gemv(
     #   per warp
 
     ``partial``: with more than one split, return the splits' fp32 partial sums unadded
-    (core/partial_sums.py) for the next op to add; with one split, y as always.
+    (core/partial_sums.py) for the next op to add; with one split, y as always. ``x`` may come
+    in fragment order (core/fragment_order.py), as a producer that knew its consumer wrote it.
     """
     assert KCHUNK == 128 and PIECE == 16, "the kernel hard-codes the 128-wide K chunk of layout.py"
+    xfrag = isinstance(x, FragmentOrder)
     m, k = x.shape
+    if xfrag:
+        x = x.buf
     n = qweight.shape[0]
     assert 1 <= m <= MMA_DECODE_MAX_M, (
         f"M={m}: the tensor-core GEMV takes 1 to {MMA_DECODE_MAX_M} rows"
@@ -335,7 +362,7 @@ def awq_mma_gemv(
     args = (x, qweight, scales, qzeros, y, ws, counters, m, n, k, x.stride(0), y.stride(0))
     kwargs = dict(
         TILES=tiles, TPW=tpw, XB=8 if m <= 8 else 16, SPLIT=split_k > 1, ASM=asm, UNROLL=unroll,
-        PREFETCH=prefetch, PARTIAL=partial, BATCH_BLOCKS=batch_blocks,
+        PREFETCH=prefetch, PARTIAL=partial, BATCH_BLOCKS=batch_blocks, XFRAG=xfrag,
         **pdl_launch(x), num_warps=num_warps,
     )  # fmt: skip
     if asm:

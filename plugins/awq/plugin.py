@@ -20,6 +20,16 @@ def awq_gemm_triton(x, qweight, scales, qzeros, group_size, partial=False):
     return awq_gemm(x, qweight, scales, qzeros, group_size, partial=partial)
 
 
+def _takes_fragment_order(m, n, k, group_size, device):
+    from plugins.awq.kernels import takes_fragment_order
+
+    return takes_fragment_order(m, n, k, group_size, device)
+
+
+# x may come in fragment order (core/fragment_order.py) where the tensor-core GEMV runs
+awq_gemm_triton.takes_fragment_order = _takes_fragment_order
+
+
 @hookimpl
 def register_kernels(register):
     register("awq_gemm", "torch", awq_gemm_torch)

@@ -131,3 +131,27 @@ def test_store_kv(target, block_size, kv_heads, head_dim, head_major):
     assert torch.equal(v_cache, v_ref)
     written = slots[slots >= 0].cpu()
     assert torch.equal(k_ref.view(-1, kv_heads, head_dim)[written].to(device), k[slots >= 0])
+
+
+@pytest.mark.parametrize("t", [1, 5, 16, 17])
+def test_norms_and_silu_mul_write_fragment_order(target, t):
+    """fragment=True: the same values, stored where the tensor-core GEMV reads them
+    (core/fragment_order.py); the residual stream stays row-major."""
+    from core.fragment_order import FragmentOrder, padded_rows
+    from core.ops.triton_activation import silu_mul
+    from core.ops.triton_norm import add_rms_norm, rms_norm
+
+    device, dtype = target
+    hidden = 256
+    x = torch.randn(t, hidden, device=device).to(dtype)
+    residual = torch.randn(t, hidden, device=device).to(dtype)
+    weight = (1 + 0.1 * torch.randn(hidden, device=device)).to(dtype)
+    f = rms_norm(x, weight, 1e-6, fragment=True)
+    assert isinstance(f, FragmentOrder) and f.buf.shape == (padded_rows(t), hidden)
+    assert torch.equal(f.natural(), rms_norm(x, weight, 1e-6))
+    f, summed = add_rms_norm(x, residual, weight, 1e-6, fragment=True)
+    want, want_summed = add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(f.natural(), want) and torch.equal(summed, want_summed)
+    gate_up = (3 * torch.randn(t, 2 * hidden, device=device)).to(dtype)
+    f = silu_mul(gate_up, fragment=True)
+    assert f.shape == (t, hidden) and torch.equal(f.natural(), silu_mul(gate_up))

@@ -90,7 +90,9 @@ class InternLMMLP(nn.Module):
         self.gate_up_proj.partial_output = self.down_proj.partial_output = kernels.partial_sums
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        # SiLU x mul writes down_proj's input in the order its GEMV reads best
+        frag = self.down_proj.wants_fragment_order(x.shape[0])
+        return self.down_proj(self.act(self.gate_up_proj(x), fragment=frag))
 
 
 class InternLMDecoderLayer(nn.Module):
@@ -115,13 +117,18 @@ class InternLMDecoderLayer(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # the norms write qkv_proj's and gate_up_proj's inputs in the order their GEMVs read
+        # best (core/fragment_order.py: decode batches on the AWQ tensor-core GEMV)
+        m = x.shape[0]
+        frag = self.self_attn.qkv_proj.wants_fragment_order(m)
         if residual is None:
             residual = x
-            x = self.input_layernorm(x)
+            x = self.input_layernorm(x, fragment=frag)
         else:
-            x, residual = self.input_layernorm(x, residual)
+            x, residual = self.input_layernorm(x, residual, fragment=frag)
         x = self.self_attn(x, rope, meta)
-        x, residual = self.post_attention_layernorm(x, residual)
+        frag = self.mlp.gate_up_proj.wants_fragment_order(m)
+        x, residual = self.post_attention_layernorm(x, residual, fragment=frag)
         return self.mlp(x), residual
 
 

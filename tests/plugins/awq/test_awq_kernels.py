@@ -319,6 +319,40 @@ def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
         assert torch.equal(again, y), (tiles, split_k)
 
 
+def _fragment_order_x_gives_the_same_bits(device: str, m: int, awq_weight) -> None:
+    """x written in fragment order (core/fragment_order.py) feeds the same values to the same
+    sums: y bit for bit as from row-major x. Its padding rows hold NaN: they reach no output."""
+    from core.fragment_order import FragmentOrder, padded_rows, to_fragment_order
+    from plugins.awq.mma_gemv import awq_mma_gemv
+
+    n, k = 200, 640
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=700 + m, device=device)
+    x = torch.randn(m, k, device=device).half()
+    padded = torch.full((padded_rows(m), k), float("nan"), device=device).half()
+    padded[:m] = x
+    xf = FragmentOrder(to_fragment_order(padded).buf, m)
+    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
+        kw = dict(tiles=tiles, num_warps=warps, split_k=split_k, prefetch=prefetch, unroll=unroll)
+        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw)
+        yf = awq_mma_gemv(xf, qweight, scales, qzeros, 128, **kw)
+        assert torch.equal(yf, y), (tiles, split_k)
+        p = awq_mma_gemv(xf, qweight, scales, qzeros, 128, partial=True, **kw)
+        assert torch.equal(p if split_k == 1 else p.total(), y), (tiles, split_k)
+
+
+@interpreted
+@pytest.mark.parametrize("m", [1, 9, 16, 27])
+def test_mma_gemv_reads_fragment_order_x(m, awq_weight):
+    _fragment_order_x_gives_the_same_bits("cpu", m, awq_weight)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("m", [1, 8, 9, 16, 17, 32])
+def test_mma_gemv_reads_fragment_order_x_on_the_gpu(m, awq_weight):
+    _fragment_order_x_gives_the_same_bits("cuda", m, awq_weight)
+
+
 def test_mma_layout_check_refuses_other_layouts():
     from plugins.awq.mma_ptx import mma_layout_ok
 

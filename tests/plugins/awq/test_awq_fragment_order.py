@@ -1,0 +1,55 @@
+"""Fragment order on a tiny AWQ model (core/fragment_order.py): at decode batch sizes the norms
+and SiLU x mul write the inputs of qkv_proj, gate_up_proj and down_proj in the tensor-core
+GEMV's register order, and the logits are bit for bit those of row-major inputs. On a CPU the
+Triton kernels run in the interpreter (the GPU run is in test_gpu_engine)."""
+
+from __future__ import annotations
+
+import torch
+
+from core.fragment_order import FragmentOrder
+from core.layers.linear import Linear
+from plugins.awq.format import AWQLinearMethod
+from tests.awq_checkpoint import write_awq_checkpoint
+from tests.conftest import write_llama_checkpoint
+from tests.plugins.awq.test_awq_partial_sums import PROMPTS, SIZES, interpreted, runner
+from tests.plugins.models.internlm.test_model_vs_llama import run_prefill_logits
+
+
+def _fragment_inputs(r) -> list[str]:
+    """Names of the projections whose next forward gets a FragmentOrder input."""
+    seen: list[str] = []
+    for name, module in r.model.named_modules():
+        if isinstance(module, Linear):
+            module.register_forward_pre_hook(
+                lambda m, args, name=name: (
+                    seen.append(name.rsplit(".", 1)[-1])
+                    if isinstance(args[0], FragmentOrder)
+                    else None
+                )
+            )
+    return seen
+
+
+@interpreted
+def test_decode_batches_hand_fragment_order_to_the_gemv_with_the_same_logits(tmp_path, monkeypatch):
+    write_llama_checkpoint(tmp_path / "hf", bias=False, **SIZES)
+    awq = write_awq_checkpoint(tmp_path / "hf", tmp_path / "awq", 128)
+    r = runner(awq, "consumer")
+    seen = _fragment_inputs(r)
+    got = run_prefill_logits(r, PROMPTS)  # 13 tokens: the tensor-core GEMV's batch sizes
+    # both layers: qkv_proj and gate_up_proj after the norms, down_proj after SiLU x mul
+    assert sorted(seen) == sorted(["qkv_proj", "gate_up_proj", "down_proj"] * 2)
+    seen.clear()
+    long = [list(range(3, 43))]  # 40 tokens: past the tensor-core GEMV, row-major as before
+    got_long = run_prefill_logits(r, long)
+    assert seen == []
+    monkeypatch.setattr(AWQLinearMethod, "wants_fragment_order", lambda self, layer, m: False)
+    plain = runner(awq, "consumer")
+    seen = _fragment_inputs(plain)
+    want = run_prefill_logits(plain, PROMPTS)
+    assert seen == []
+    for g, w in zip(got, want):
+        assert not g.isnan().any()
+        assert torch.equal(g, w)
+    assert torch.equal(got_long[0], run_prefill_logits(plain, long)[0])
