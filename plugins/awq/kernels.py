@@ -174,12 +174,17 @@ def _gemv_config(m: int, n: int, k: int) -> Config:
 # Let the producers of decode GEMV inputs write them in fragment order (core/fragment_order.py).
 # False: row-major everywhere, as before it existed.
 FRAGMENT_ORDER = True
+# From this many rows on. On an H100, 256/512 tokens (bench/results/token_throughput-h100-s15-
+# off/-on): decode step at batch 8 / 16 / 32 8.21 -> 8.04, 10.49 -> 10.35, 17.64 -> 17.11 ms;
+# at batch 1 5.91 -> 6.09, since row-major x rows past M load row M - 1 again (one row's bytes
+# at M = 1) while the fragment buffer's 16 rows are all read.
+FRAGMENT_MIN_M = 8
 
 
 def takes_fragment_order(m: int, n: int, k: int, group_size: int, device: torch.device) -> bool:
     """Whether awq_gemm's default launch for [M, K] x [K, N] is the tensor-core GEMV, which
     reads x faster in fragment order (core/fragment_order.py; the producer writes it)."""
-    if not FRAGMENT_ORDER or not 1 <= m <= MMA_DECODE_MAX_M:
+    if not FRAGMENT_ORDER or not FRAGMENT_MIN_M <= m <= MMA_DECODE_MAX_M:
         return False
     return default_config(m, n, k, group_size, mma=mma_supported(device)).path == "mma"
 

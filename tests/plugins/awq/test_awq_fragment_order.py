@@ -41,6 +41,8 @@ def test_decode_batches_hand_fragment_order_to_the_gemv_with_the_same_logits(tmp
     # both layers: qkv_proj and gate_up_proj after the norms, down_proj after SiLU x mul
     assert sorted(seen) == sorted(["qkv_proj", "gate_up_proj", "down_proj"] * 2)
     seen.clear()
+    run_prefill_logits(r, [[5, 6, 7]])  # below FRAGMENT_MIN_M rows: row-major
+    assert seen == []
     long = [list(range(3, 43))]  # 40 tokens: past the tensor-core GEMV, row-major as before
     got_long = run_prefill_logits(r, long)
     assert seen == []
