@@ -4,9 +4,10 @@ The tensor-core GEMV (plugins/awq/mma_gemv.py) gives each lane of a warp the x v
 mma's B fragment: batch rows g and g + 8, and in each 128-wide K chunk, for K tile p = 0..7,
 columns 16 p + 4 t .. 16 p + 4 t + 3 (lane 4 g + t). From a row-major [M, K] x every such load
 touches 8 rows, 8 bytes each, and at batch 16 the x loads cost ~21 us of a layer's 95 us
-(H200; timed by leaving them broadcast from one row: bench/results/ README). A producer that
-knows its output feeds that GEMV can store it in this order instead, so each warp-wide load
-reads 512 contiguous bytes.
+(H200, timed by loading them all from one row: bench/results/gemv-m16-ablation-h200.log). A
+producer that knows its output feeds that GEMV can store it in this order instead, so each
+warp-wide load reads 512 contiguous bytes: the same bytes in half the requests, 100.3 -> 95.4 us
+per layer at batch 16 on an H100 (bench/results/gemv-fragment-order-h100.log).
 
 Layout: ``buf`` is fp16 [ceil(M / 16) * 16, K] in memory (rows past M are never read into an
 output: a batch row only feeds its own output column). Element (m, k) with m = 16 b + 8 h + g,
