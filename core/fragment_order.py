@@ -16,7 +16,8 @@ k = 128 c + 16 p + 4 t + j and p = 2 q + u sits at
     b * 16 K + c * 2048 + ((q * 2 + h) * 8 + g) * 32 + t * 8 + u * 4 + j
 
 so for fixed (b, c, q, h) the 32 lanes (g, t) read 16 contiguous bytes each (K tiles 2q, 2q+1).
-``FragmentOrder`` travels between the producer and the GEMV, like core/partial_sums.py's.
+``FragmentOrder`` travels between the producer and the GEMV, like core/partial_sums.py's; the
+kernels' offset formula is core/ops/triton_fragment_order.py's.
 
 It is a hint both ways: a layer asks its op for fragment order only where the next layer's
 weight format says its GEMV would read it (``LinearMethod.wants_fragment_order``), and only from
@@ -29,8 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl  # noqa: F401  (the interpreter looks it up from @triton.jit code)
 
 ROWS = 16  # batch rows per block: the mma's two n8 tiles
 CHUNK = 128  # K per chunk: the GEMV's quantization group
@@ -83,7 +82,7 @@ def can_write_fragment_order(op) -> bool:
 
 
 def padded_rows(m: int) -> int:
-    return triton.cdiv(m, ROWS) * ROWS
+    return -(-m // ROWS) * ROWS
 
 
 def _dims(rows: int, k: int) -> tuple[int, ...]:
@@ -110,18 +109,3 @@ def from_fragment_order(buf: torch.Tensor) -> torch.Tensor:
     d = _dims(rows, k)
     frag = buf.view(tuple(d[i] for i in _PERM))
     return frag.permute(_INVERSE).contiguous().view(rows, k)
-
-
-@triton.jit
-def fragment_offset(row, col, K):
-    """Element offset of x[row, col] in a fragment-order buffer with K columns (any shapes that
-    broadcast)."""
-    b = row // 16
-    h = (row // 8) % 2
-    g = row % 8
-    c = col // 128
-    r = col % 128
-    p = r // 16
-    t = (r % 16) // 4
-    j = r % 4
-    return b * 16 * K + c * 2048 + (((p // 2) * 2 + h) * 8 + g) * 32 + t * 8 + (p % 2) * 4 + j

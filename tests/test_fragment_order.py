@@ -6,12 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.fragment_order import (
-    FragmentOrder,
-    fragment_offset,
-    from_fragment_order,
-    to_fragment_order,
-)
+from core.fragment_order import FragmentOrder, from_fragment_order, to_fragment_order
+from core.ops.triton_fragment_order import fragment_offset
 
 
 @pytest.mark.parametrize("m, k", [(1, 128), (5, 256), (16, 384), (17, 128), (32, 640)])

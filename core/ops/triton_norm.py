@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from core.fragment_order import FragmentOrder, fragment_offset, padded_rows
+from core.fragment_order import FragmentOrder, padded_rows
 from core.ops.pdl import pdl_launch
+from core.ops.triton_fragment_order import fragment_offset
 from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
 from core.partial_sums import PartialSums

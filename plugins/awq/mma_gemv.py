@@ -52,8 +52,9 @@ import torch
 import triton
 import triton.language as tl
 
-from core.fragment_order import FragmentOrder, fragment_offset
+from core.fragment_order import FragmentOrder
 from core.ops.pdl import pdl_launch
+from core.ops.triton_fragment_order import fragment_offset
 from core.ops.triton_pdl import pdl_release, pdl_wait
 from core.partial_sums import PartialSums
 from plugins.awq.dequant import group_params
@@ -93,26 +94,24 @@ def _mma_chunk(acc, q, chunk, last, s_ptr, z_ptr, nl, N, x_ptrs, x_ptr, stride_x
     s = tl.where(live, s, 0.0)
     if ASM:
         nz = 960.0 - zz  # -(64 + z), exact in fp16
-        if XFRAG:  # core/fragment_order.py: K tiles 2q, 2q + 1 side by side, 512 elements per q
+        # K tile p's x: row-major at 16 p; in fragment order (core/fragment_order.py) tiles 2q,
+        # 2q + 1 side by side, 512 elements per q (a chunk is 2048 there, 128 row-major)
+        if XFRAG:
             xp = x_ptrs + chunk * 2048
-            x0 = tl.load(xp)
-            x1 = tl.load(xp + 4)
-            x2 = tl.load(xp + 512)
-            x3 = tl.load(xp + 516)
-            x4 = tl.load(xp + 1024)
-            x5 = tl.load(xp + 1028)
-            x6 = tl.load(xp + 1536)
-            x7 = tl.load(xp + 1540)
+            PAIR: tl.constexpr = 512
+            NEXT: tl.constexpr = 4
         else:
             xp = x_ptrs + chunk * 128
-            x0 = tl.load(xp)
-            x1 = tl.load(xp + 16)
-            x2 = tl.load(xp + 32)
-            x3 = tl.load(xp + 48)
-            x4 = tl.load(xp + 64)
-            x5 = tl.load(xp + 80)
-            x6 = tl.load(xp + 96)
-            x7 = tl.load(xp + 112)
+            PAIR: tl.constexpr = 32
+            NEXT: tl.constexpr = 16
+        x0 = tl.load(xp)
+        x1 = tl.load(xp + NEXT)
+        x2 = tl.load(xp + PAIR)
+        x3 = tl.load(xp + PAIR + NEXT)
+        x4 = tl.load(xp + 2 * PAIR)
+        x5 = tl.load(xp + 2 * PAIR + NEXT)
+        x6 = tl.load(xp + 3 * PAIR)
+        x7 = tl.load(xp + 3 * PAIR + NEXT)
         if TPW == 1:
             cons: tl.constexpr = CONSTRAINTS_1
             ptx: tl.constexpr = PTX_N8_1 if XB == 8 else PTX_N16_1
