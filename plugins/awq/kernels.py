@@ -34,8 +34,8 @@ from plugins.awq.dequant import (
 )
 from plugins.awq.dot_gemm import awq_dot_gemm
 from plugins.awq.gemv import awq_gemv
-from plugins.awq.mma_gemv import MMA_DECODE_MAX_M, MMA_GROUP, awq_mma_gemv, mma_supported
-from plugins.awq.mma_ptx import MmaLayoutError
+from plugins.awq.mma_gemv import MMA_DECODE_MAX_M, MMA_GROUP, awq_mma_gemv
+from plugins.awq.mma_ptx import MmaLayoutError, mma_supported
 
 # Batch sizes up to this use the decode configs (small BLOCK_N, many programs, split-K); above
 # it prefill. From DEQUANT_MIN_M on, prefill dequantizes to fp16 and calls cuBLAS: the

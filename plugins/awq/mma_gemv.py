@@ -46,8 +46,6 @@ accumulators in plain Triton (same grid, split-K, clamped loads and epilogue).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -371,19 +369,6 @@ def awq_mma_gemv(
 
 
 _checked: set[tuple] = set()
-
-
-@functools.cache
-def _has_mma(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (8, 0)
-
-
-def mma_supported(device: torch.device) -> bool:
-    """Whether the kernel runs on ``device``: mma.sync m16n8k16 needs compute capability 8.0
-    (Ampere) or newer; on the CPU the interpreter runs its plain-Triton twin."""
-    if device.type != "cuda" or not use_inline_asm(device):
-        return True
-    return _has_mma(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _check_layout(args: tuple, kwargs: dict, num_warps: int) -> None:

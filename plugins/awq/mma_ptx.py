@@ -1,5 +1,5 @@
-"""The inline PTX of the tensor-core GEMV (plugins/awq/mma_gemv.py), and the register layout it
-assumes of its operands.
+"""The inline PTX of the tensor-core GEMV (plugins/awq/mma_gemv.py), the register layout it
+assumes of its operands, and the GPUs it runs on (``mma_supported``).
 
 The PTX is per lane: it names each of the lane's tensor elements by its position in the lane's
 registers, and runs ``mma.sync``, whose fragments belong to fixed lanes. So it is only right for
@@ -10,9 +10,13 @@ one, and mma_gemv.py refuses to launch a variant that did not (``MmaLayoutError`
 
 from __future__ import annotations
 
+import functools
 import re
 
+import torch
 import triton.language as tl
+
+from plugins.awq.gemv import use_inline_asm
 
 
 def mma_ptx(n_tiles: int, tpw: int) -> str:
@@ -94,6 +98,19 @@ PTX_N16_4 = tl.constexpr(mma_ptx(2, 4))
 CONSTRAINTS_1 = tl.constexpr(constraints(1))
 CONSTRAINTS_2 = tl.constexpr(constraints(2))
 CONSTRAINTS_4 = tl.constexpr(constraints(4))
+
+
+@functools.cache
+def _has_mma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def mma_supported(device: torch.device) -> bool:
+    """Whether the tensor-core GEMV (plugins/awq/mma_gemv.py) runs on ``device``: mma.sync m16n8k16 needs compute capability 8.0
+    (Ampere) or newer; on the CPU the interpreter runs its plain-Triton twin."""
+    if device.type != "cuda" or not use_inline_asm(device):
+        return True
+    return _has_mma(device.index if device.index is not None else torch.cuda.current_device())
 
 
 class MmaLayoutError(RuntimeError):

@@ -241,6 +241,19 @@ MMA_CASES = [  # (tiles, warps, split_k, prefetch, unroll): N = 1000 and 200 lea
 ]  # fmt: skip
 
 
+def mma_problem(awq_weight, m: int, seed: int, device: str = "cpu", n: int = 200, k: int = 640):
+    """AWQ weights [N, K] (5 chunks at K = 640: uneven splits) and a random fp16 x [M, K]."""
+    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=seed, device=device)
+    return (qweight, scales, qzeros), torch.randn(m, k, device=device).half()
+
+
+def mma_launches():
+    """(split_k, keyword arguments of awq_mma_gemv) for every launch in MMA_CASES."""
+    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
+        yield split_k, dict(tiles=tiles, num_warps=warps, split_k=split_k, prefetch=prefetch,
+                            unroll=unroll)  # fmt: skip
+
+
 @interpreted
 @pytest.mark.parametrize("m", [1, 5, 8, 9, 16, 17, 32])  # past 16: blocks of 16 batch rows
 def test_mma_gemv_twin_matches_reference(m, awq_weight):
@@ -268,19 +281,16 @@ def _partial_sums_give_the_gemm_sum(device: str, m: int, awq_weight) -> None:
     from core.partial_sums import PartialSums
     from plugins.awq.mma_gemv import awq_mma_gemv
 
-    n, k = 200, 640
-    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=500 + m, device=device)
-    x = torch.randn(m, k, device=device).half()
-    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
-        kw = dict(tiles=tiles, num_warps=warps, split_k=split_k, prefetch=prefetch, unroll=unroll)
-        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw)
-        p = awq_mma_gemv(x, qweight, scales, qzeros, 128, partial=True, **kw)
+    weights, x = mma_problem(awq_weight, m, seed=500 + m, device=device)
+    for split_k, kw in mma_launches():
+        y = awq_mma_gemv(x, *weights, 128, **kw)
+        p = awq_mma_gemv(x, *weights, 128, partial=True, **kw)
         if split_k == 1:  # nothing to add: y as always
             assert isinstance(p, torch.Tensor) and torch.equal(p, y)
             continue
-        assert isinstance(p, PartialSums) and p.splits == split_k and p.shape == (m, n)
+        assert isinstance(p, PartialSums) and p.splits == split_k and p.shape == (m, 200)
         assert p.dtype == torch.float16
-        assert torch.equal(p.total(), y), (tiles, split_k)
+        assert torch.equal(p.total(), y), kw
 
 
 @interpreted
@@ -317,40 +327,6 @@ def test_mma_gemv_inline_ptx_matches_reference(m, awq_weight):
         again = awq_mma_gemv(x, qweight, scales, qzeros, 128, tiles=tiles, num_warps=warps,
                              split_k=split_k, prefetch=prefetch, unroll=unroll)  # fmt: skip
         assert torch.equal(again, y), (tiles, split_k)
-
-
-def _fragment_order_x_gives_the_same_bits(device: str, m: int, awq_weight) -> None:
-    """x written in fragment order (core/fragment_order.py) feeds the same values to the same
-    sums: y bit for bit as from row-major x. Its padding rows hold NaN: they reach no output."""
-    from core.fragment_order import FragmentOrder, padded_rows, to_fragment_order
-    from plugins.awq.mma_gemv import awq_mma_gemv
-
-    n, k = 200, 640
-    w, qweight, scales, qzeros = awq_weight(n, k, 128, seed=700 + m, device=device)
-    x = torch.randn(m, k, device=device).half()
-    padded = torch.full((padded_rows(m), k), float("nan"), device=device).half()
-    padded[:m] = x
-    xf = FragmentOrder(to_fragment_order(padded).buf, m)
-    for tiles, warps, split_k, prefetch, unroll in MMA_CASES:
-        kw = dict(tiles=tiles, num_warps=warps, split_k=split_k, prefetch=prefetch, unroll=unroll)
-        y = awq_mma_gemv(x, qweight, scales, qzeros, 128, **kw)
-        yf = awq_mma_gemv(xf, qweight, scales, qzeros, 128, **kw)
-        assert torch.equal(yf, y), (tiles, split_k)
-        p = awq_mma_gemv(xf, qweight, scales, qzeros, 128, partial=True, **kw)
-        assert torch.equal(p if split_k == 1 else p.total(), y), (tiles, split_k)
-
-
-@interpreted
-@pytest.mark.parametrize("m", [1, 9, 16, 27])
-def test_mma_gemv_reads_fragment_order_x(m, awq_weight):
-    _fragment_order_x_gives_the_same_bits("cpu", m, awq_weight)
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("m", [1, 8, 9, 16, 17, 32])
-def test_mma_gemv_reads_fragment_order_x_on_the_gpu(m, awq_weight):
-    _fragment_order_x_gives_the_same_bits("cuda", m, awq_weight)
 
 
 def test_mma_layout_check_refuses_other_layouts():
@@ -399,7 +375,7 @@ def test_a_triton_without_the_mma_layout_falls_back_with_a_warning(awq_weight, m
 
 def test_decode_without_mma_sync_takes_the_other_paths():
     from plugins.awq.kernels import default_config
-    from plugins.awq.mma_gemv import mma_supported
+    from plugins.awq.mma_ptx import mma_supported
 
     assert mma_supported(torch.device("cpu"))  # the interpreter runs the plain-Triton twin
     for m in (1, 2, 5, 8, 16, 17, 24, 32):  # past 16: two blocks of 16 batch rows
