@@ -176,8 +176,8 @@ def _gemv_config(m: int, n: int, k: int) -> Config:
 FRAGMENT_ORDER = True
 # From this many rows on. On an H100, 256/512 tokens (bench/results/token_throughput-h100-s15-
 # off/-on): decode step at batch 8 / 16 / 32 8.21 -> 8.04, 10.49 -> 10.35, 17.64 -> 17.11 ms;
-# at batch 1 5.91 -> 6.09, since row-major x rows past M load row M - 1 again (one row's bytes
-# at M = 1) while the fragment buffer's 16 rows are all read.
+# at batch 1 5.91 -> 6.09, likely because row-major x rows past M load row M - 1 again (one
+# row's bytes at M = 1) while the fragment buffer's 16 rows are all read (not profiled).
 FRAGMENT_MIN_M = 8
 
 
