@@ -131,9 +131,10 @@ def _mma_config(m: int, n: int, k: int) -> Config | None:
     split-K 4, for qkv, o and gate_up) to 16.52 (token_throughput-h200.log).
     """
     if k > 8192:  # down 13824 -> 5120: 9 splits of 12 chunks
-        if m <= 8:
-            return Config("mma", block_n=64, num_warps=2, unroll=2, split_k=9)
-        return Config("mma", block_n=64, num_warps=2, split_k=9, prefetch=True)
+        # at M 9-32 too: on an H100 (fragment-order x, partial sums) 23.6 -> 20.2 us at M=16 and
+        # 35.3 -> 30.9 at M=32 against the next tiles loaded a chunk ahead (prefetch, unroll 1),
+        # which the H200 sweep had within 3% of this (bench/results/gemv-operand-prefetch-h100.log)
+        return Config("mma", block_n=64, num_warps=2, unroll=2, split_k=9)
     if n <= 8192:  # o 5120 -> 5120: the GEMV's 9.6 us at M=1 beats 10.3
         if m == 1:
             return None
