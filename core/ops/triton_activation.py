@@ -8,7 +8,7 @@ import triton.language as tl
 
 from core.fragment_order import FragmentOrder, padded_rows
 from core.ops.pdl import pdl_launch
-from core.ops.triton_fragment_order import fragment_offset
+from core.ops.triton_fragment_order import fragment_offset_1d
 from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
 from core.partial_sums import PartialSums
@@ -35,7 +35,7 @@ def _silu_mul_kernel(
     g = gate.to(tl.float32)
     y = g / (1.0 + tl.exp(-g)) * up
     # FRAG: the output in the tensor-core GEMV's fragment order (core/fragment_order.py)
-    dst = out_ptr + (fragment_offset(row, offs, inter) if FRAG else row * stride_out + offs)
+    dst = out_ptr + (fragment_offset_1d(row, offs, inter) if FRAG else row * stride_out + offs)
     tl.store(dst, y.to(dtype), mask=mask)
 
 

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from core.fragment_order import FragmentOrder, padded_rows
 from core.ops.pdl import pdl_launch
-from core.ops.triton_fragment_order import fragment_offset
+from core.ops.triton_fragment_order import fragment_offset_1d
 from core.ops.triton_partial_sums import input_args, load_input
 from core.ops.triton_pdl import pdl_start
 from core.partial_sums import PartialSums
@@ -42,7 +42,7 @@ def _rms_norm_kernel(
     inv_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / N + eps)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     # FRAG: the output in the tensor-core GEMV's fragment order (core/fragment_order.py)
-    dst = out_ptr + (fragment_offset(row, offs, N) if FRAG else row * stride_out + offs)
+    dst = out_ptr + (fragment_offset_1d(row, offs, N) if FRAG else row * stride_out + offs)
     tl.store(dst, (xf * inv_rms * w).to(x.dtype), mask=mask)
 
 
