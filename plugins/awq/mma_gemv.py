@@ -380,6 +380,7 @@ def _check_layout(args: tuple, kwargs: dict, num_warps: int) -> None:
     if not mma_layout_ok(kernel.asm["ttgir"], num_warps):
         raise MmaLayoutError(
             f"Triton {triton.__version__} gave the tensor-core GEMV's operands a register layout "
-            "other than the one its PTX is written for (plugins/awq/mma_gemv.py)"
+            "other than the one its PTX is written for (plugins/awq/mma_gemv.py); Triton 3.6 "
+            '(pip install "torch==2.11.*") gives it'
         )
     _checked.add(key)
