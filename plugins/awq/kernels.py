@@ -131,9 +131,10 @@ def _mma_config(m: int, n: int, k: int) -> Config | None:
     split-K 4, for qkv, o and gate_up) to 16.52 (token_throughput-h200.log).
     """
     if k > 8192:  # down 13824 -> 5120: 9 splits of 12 chunks
-        # at M 9-32 too: on an H100 (fragment-order x, partial sums) 23.6 -> 20.2 us at M=16 and
-        # 35.3 -> 30.9 at M=32 against the next tiles loaded a chunk ahead (prefetch, unroll 1),
-        # which the H200 sweep had within 3% of this (bench/results/gemv-operand-prefetch-h100.log)
+        # at M 9-32 too, not prefetch with unroll 1: on an H100 (fragment-order x, partial sums)
+        # 23.6 -> 20.2 us at M=16, 35.3 -> 30.9 at M=32 (gemv-operand-prefetch-h100.log), decode
+        # step at batch 16 10.40 -> 10.33 ms (token_throughput-h100-s16-down-*); session 6's H200
+        # sweep had the two within 4% at M=16, prefetch ahead (gemv-graph-h200-mma-prefetch.csv)
         return Config("mma", block_n=64, num_warps=2, unroll=2, split_k=9)
     if n <= 8192:  # o 5120 -> 5120: the GEMV's 9.6 us at M=1 beats 10.3
         if m == 1:
